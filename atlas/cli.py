@@ -1,0 +1,143 @@
+"""The ``atlas`` command.
+
+Every command prints a one-line error and exits non-zero when something is wrong (``--debug``
+shows the traceback). Commands that compute import ``ingest`` inside the command, so the core
+stays free of torch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from atlas.errors import AtlasError
+
+
+class AtlasGroup(click.Group):
+    """Turns AtlasError (and a few common failures) into one line on stderr."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AtlasError as err:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.secho(f"error: {err}", fg="red", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.secho("interrupted — rerun the same command to resume", fg="yellow", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=AtlasGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Neuron Atlas: which MLP neurons does every training seed learn, and what do they do?
+
+    \b
+    Configuration (environment):
+      ATLAS_DATABASE_URL  PostgreSQL URL; unset = embedded PostgreSQL under ATLAS_HOME
+      ATLAS_HOME          data home (embedded database, demo models, corpora, checkpoints);
+                          default ./.atlas
+    \b
+    Typical session:
+      atlas db upgrade            create or migrate the schema
+      atlas zoo train             train the demo seed cohort (cached)
+      atlas dataset build ...     tokenise a corpus into context rows
+      atlas ingest ...            per-neuron statistics of a model over a dataset
+      atlas correlate ...         cross-seed correlations and universality
+      atlas status                what is in the atlas
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+# ---------------------------------------------------------------- db
+
+@main.group()
+def db() -> None:
+    """Manage the database: start/stop the embedded server, apply migrations."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target migration.")
+def db_upgrade(revision: str) -> None:
+    """Create or migrate the atlas schema (safe to run repeatedly and concurrently)."""
+    from atlas import db as dbm
+
+    engine = dbm.get_engine()
+    before = dbm.current_revision(engine)
+    dbm.upgrade(engine, revision)
+    after = dbm.current_revision(engine)
+    click.echo(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+@db.command("status")
+def db_status() -> None:
+    """Show which server is used, its version and the schema's migration state."""
+    from atlas import db as dbm
+    from atlas.settings import get_settings, redact
+
+    settings = get_settings()
+    engine = dbm.get_engine()
+    major = dbm.check_connection(engine)
+    current, head = dbm.current_revision(engine), dbm.head_revision()
+    where = f"embedded, data in {settings.pgdata}" if settings.embedded else "ATLAS_DATABASE_URL"
+    click.echo(f"server:    PostgreSQL {major} ({where})")
+    click.echo(f"url:       {redact(engine.url.render_as_string(hide_password=False))}")
+    state = "up to date" if current == head else "BEHIND — run `atlas db upgrade`"
+    click.echo(f"migration: {current or 'none'} (head {head}, {state})")
+
+
+@db.command("start")
+def db_start() -> None:
+    """Start the embedded PostgreSQL (no-op when it runs, or when ATLAS_DATABASE_URL is set)."""
+    from atlas import db as dbm
+    from atlas.settings import get_settings, redact
+
+    settings = get_settings()
+    url = dbm.resolve_url(settings)
+    click.echo(f"database ready at {redact(url)}")
+
+
+@db.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL (its data stays under ATLAS_HOME)."""
+    from atlas import embedded
+    from atlas.settings import get_settings
+
+    settings = get_settings()
+    if not settings.embedded:
+        raise AtlasError("ATLAS_DATABASE_URL is set: the atlas does not manage that server — stop it with its own tools")
+    stopped = embedded.stop(settings.pgdata)
+    click.echo("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+
+
+@db.command("url")
+@click.option("--show-password", is_flag=True, help="Print the password too.")
+def db_url(show_password: bool) -> None:
+    """Print the database URL in libpq form, e.g. for `psql "$(atlas db url)"`."""
+    from atlas import db as dbm
+    from atlas.settings import redact
+
+    url = dbm.resolve_url().replace("postgresql+psycopg://", "postgresql://", 1)
+    click.echo(url if show_password else redact(url))
+
+
+# ---------------------------------------------------------------- status
+
+@main.command()
+def status() -> None:
+    """What is in the atlas: models, datasets, runs, neuron counts, universal share per layer."""
+    from atlas import db as dbm
+    from atlas import queries
+
+    engine = dbm.connect()
+    overview = queries.status_report(engine)
+    click.echo(overview)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

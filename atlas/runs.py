@@ -1,0 +1,198 @@
+"""The run lifecycle: every computation is a ``run`` row; its results appear whole or not at all.
+
+Typical use by an ingestion job::
+
+    run = begin_run(engine, "stats", model_id=m, dataset_id=d, params=params, device="cpu")
+    if run is None:                      # the same computation is already done: no-op
+        return
+    with run:                            # marks the run failed (one-line error) on an exception
+        ...                              # compute; run.progress(tokens_done); save checkpoints
+        run.publish(lambda conn: copy_frame(conn, "activation_stats", frame))
+
+While a run executes, its process holds a PostgreSQL advisory lock on the run id. A second
+process asking for the same run gets a clear error; a killed process loses the lock with its
+connection, so the run can be resumed (from its checkpoint) by the next caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from atlas.errors import AtlasError
+from atlas.settings import get_settings
+
+RESULT_TABLES = (
+    "activation_stats", "top_example", "token_activation", "weight_stats", "pair_correlation",
+    "correlation_edge", "neuron_universality", "neuron_feature", "neuron_label", "family",
+)
+_LOCK_NAMESPACE = 7212  # advisory-lock class for runs: pg_try_advisory_lock(7212, run_id)
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        base = version("neuron-atlas")
+    except PackageNotFoundError:
+        base = "0+unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{base}+g{sha}" if sha else base
+
+
+def run_key(kind: str, *, model_id: int | None, cohort_id: int | None, dataset_id: int | None,
+            params: dict[str, Any]) -> str:
+    """What identifies a computation: same key, same results (so a repeat is a no-op)."""
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{kind}:model={model_id}:cohort={cohort_id}:dataset={dataset_id}:params={digest}"
+
+
+@dataclass
+class RunHandle:
+    """A run this process owns until ``publish``/``fail``/``close``."""
+
+    id: int
+    key: str
+    kind: str
+    params: dict[str, Any]
+    engine: Engine
+    tokens_done: int = 0
+    _lock_conn: Connection | None = field(default=None, repr=False)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where this run's streaming accumulators are checkpointed (stable across resumes)."""
+        digest = hashlib.sha1(self.key.encode()).hexdigest()[:12]
+        return get_settings().checkpoints_dir / f"{self.kind}-{self.id}-{digest}.pt"
+
+    def progress(self, tokens_done: int, tokens_total: int | None = None) -> None:
+        self.tokens_done = tokens_done
+        values: dict[str, Any] = {"tokens_done": tokens_done, "heartbeat_at": sa.func.now()}
+        if tokens_total is not None:
+            values["tokens_total"] = tokens_total
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(_run_table()).where(_run_table().c.id == self.id).values(**values))
+
+    def publish(self, write: Callable[[psycopg.Connection], Any]) -> None:
+        """In ONE transaction: clear any rows of this run, ``write(conn)`` (COPY), mark it done."""
+        with self.engine.begin() as conn:
+            for table in RESULT_TABLES:
+                conn.execute(sa.text(f"DELETE FROM {table} WHERE run_id = :id"), {"id": self.id})
+            write(conn.connection.driver_connection)
+            conn.execute(
+                sa.update(_run_table()).where(_run_table().c.id == self.id).values(
+                    status="done", finished_at=sa.func.now(), heartbeat_at=sa.func.now(), error=None,
+                    tokens_done=self.tokens_done,
+                )
+            )
+        self.checkpoint_path.unlink(missing_ok=True)
+        self.close()
+
+    def fail(self, error: BaseException | str) -> None:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(_run_table()).where(_run_table().c.id == self.id).values(
+                    status="failed", error=message[:2000], finished_at=sa.func.now()
+                )
+            )
+        self.close()
+
+    def close(self) -> None:
+        if self._lock_conn is not None:
+            try:
+                self._lock_conn.close()  # releases the advisory lock
+            finally:
+                self._lock_conn = None
+
+    def __enter__(self) -> RunHandle:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and self._lock_conn is not None:
+            if isinstance(exc, KeyboardInterrupt):
+                exc = AtlasError("interrupted — rerun the same command to resume from the last checkpoint")
+            self.fail(exc)
+        self.close()
+
+
+def _run_table() -> sa.Table:
+    from atlas.schema import Run
+
+    return Run.__table__
+
+
+def begin_run(
+    engine: Engine,
+    kind: str,
+    *,
+    params: dict[str, Any],
+    model_id: int | None = None,
+    cohort_id: int | None = None,
+    dataset_id: int | None = None,
+    device: str | None = None,
+    tokens_total: int | None = None,
+    force: bool = False,
+) -> RunHandle | None:
+    """Claim the run for this computation, or return None if it is already done (and not ``force``).
+
+    A failed or interrupted run with the same key is taken over (its checkpoint can be resumed).
+    ``force`` deletes a finished run's results and computes them again.
+    """
+    run = _run_table()
+    key = run_key(kind, model_id=model_id, cohort_id=cohort_id, dataset_id=dataset_id, params=params)
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(run.c.id, run.c.status, run.c.tokens_done).where(run.c.key == key)).first()
+        if row is not None and row.status == "done" and not force:
+            return None
+        if row is None:
+            run_id = conn.execute(
+                sa.insert(run).values(
+                    kind=kind, key=key, model_id=model_id, cohort_id=cohort_id, dataset_id=dataset_id,
+                    params=params, code_version=code_version(), device=device, status="queued",
+                    tokens_total=tokens_total,
+                ).returning(run.c.id)
+            ).scalar_one()
+            tokens_done = 0
+        else:
+            run_id, tokens_done = row.id, row.tokens_done
+
+    lock_conn = engine.connect()
+    got = lock_conn.execute(sa.text("SELECT pg_try_advisory_lock(:ns, :id)"), {"ns": _LOCK_NAMESPACE, "id": run_id}).scalar()
+    lock_conn.commit()
+    if not got:
+        lock_conn.close()
+        raise AtlasError(f"run {run_id} ({kind}) is being computed by another process — wait for it, or stop that worker")
+
+    with engine.begin() as conn:
+        if force and row is not None:
+            for table in RESULT_TABLES:
+                conn.execute(sa.text(f"DELETE FROM {table} WHERE run_id = :id"), {"id": run_id})
+            tokens_done = 0
+        conn.execute(
+            sa.update(run).where(run.c.id == run_id).values(
+                status="running", error=None, started_at=sa.func.now(), heartbeat_at=sa.func.now(),
+                finished_at=None, device=device, code_version=code_version(), tokens_done=tokens_done,
+                tokens_total=tokens_total,
+            )
+        )
+    handle = RunHandle(id=run_id, key=key, kind=kind, params=params, engine=engine,
+                       tokens_done=tokens_done, _lock_conn=lock_conn)
+    if force:
+        handle.checkpoint_path.unlink(missing_ok=True)
+    return handle
