@@ -7,7 +7,7 @@ Typical use by an ingestion job::
         return
     with run:                            # marks the run failed (one-line error) on an exception
         ...                              # compute; run.progress(tokens_done); save checkpoints
-        run.publish(lambda conn: copy_frame(conn, "activation_stats", frame))
+        run.publish({"activation_stats": frame, "top_example": examples})
 
 While a run executes, its process holds a PostgreSQL advisory lock on the run id. A second
 process asking for the same run gets a clear error; a killed process loses the lock with its
@@ -21,12 +21,15 @@ import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+import polars as pl
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from atlas.copy import copy_frame
 from atlas.errors import AtlasError
 from atlas.settings import get_settings
 
@@ -88,12 +91,24 @@ class RunHandle:
         with self.engine.begin() as conn:
             conn.execute(sa.update(_run_table()).where(_run_table().c.id == self.id).values(**values))
 
-    def publish(self, write: Callable[[psycopg.Connection], Any]) -> None:
-        """In ONE transaction: clear any rows of this run, ``write(conn)`` (COPY), mark it done."""
+    def publish(self, results: Mapping[str, pl.DataFrame] | Callable[[psycopg.Connection], Any]) -> None:
+        """In ONE transaction: clear any rows of this run, write the results, mark the run done.
+
+        ``results`` is either ``{table: frame}`` (COPY-loaded in order; a ``run_id`` column is added
+        when the frame has none) or a function ``write(conn)`` that does its own writes on the
+        psycopg connection of the transaction (e.g. rows that need generated ids).
+        """
         with self.engine.begin() as conn:
             for table in RESULT_TABLES:
                 conn.execute(sa.text(f"DELETE FROM {table} WHERE run_id = :id"), {"id": self.id})
-            write(conn.connection.driver_connection)
+            raw = conn.connection.driver_connection
+            if callable(results):
+                results(raw)
+            else:
+                for table, frame in results.items():
+                    if "run_id" not in frame.columns:
+                        frame = frame.with_columns(pl.lit(self.id, dtype=pl.Int64).alias("run_id"))
+                    copy_frame(raw, table, frame)
             conn.execute(
                 sa.update(_run_table()).where(_run_table().c.id == self.id).values(
                     status="done", finished_at=sa.func.now(), heartbeat_at=sa.func.now(), error=None,
