@@ -130,9 +130,13 @@ class RunHandle:
 
     def close(self) -> None:
         if self._lock_conn is not None:
-            try:
-                self._lock_conn.close()  # releases the advisory lock
+            try:  # the connection goes back to the pool, so unlock explicitly
+                self._lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:ns, :id)"), {"ns": _LOCK_NAMESPACE, "id": self.id})
+                self._lock_conn.commit()
+            except sa.exc.DBAPIError:
+                self._lock_conn.invalidate()  # a broken connection: discard it (the server drops the lock)
             finally:
+                self._lock_conn.close()
                 self._lock_conn = None
 
     def __enter__(self) -> RunHandle:
