@@ -1,0 +1,255 @@
+"""Database writes of ingestion: tokenizers and vocabularies, cohorts, models and neurons, token
+datasets and their rows. Result sets of runs are written by ``atlas.runs.RunHandle.publish``.
+
+Every function here is idempotent: registering the same tokenizer, model or dataset again returns
+the existing id. Conflicting content under an existing name is refused with a one-line AtlasError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import sqlalchemy as sa
+import torch
+from sqlalchemy.engine import Connection, Engine
+
+from atlas.copy import copy_frame
+from atlas.errors import AtlasError
+
+_REGISTER_LOCK = 72120242  # serialises concurrent registrations (get-or-create races)
+
+
+# ---------------------------------------------------------------- tokenizers
+
+def vocab_texts(tokenizer: Any) -> list[str]:
+    """Decoded text of every token id (``' the'`` with its space; partial UTF-8 bytes show as ``�``).
+
+    NUL (a byte-level token) becomes ``␀``: PostgreSQL text cannot hold it.
+    """
+    n = len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+    return [t.replace("\x00", "\u2400") for t in texts]
+
+
+def register_tokenizer(engine_or_conn: Engine | Connection, tokenizer: Any, *, name: str | None = None,
+                       content_hash: str | None = None) -> int:
+    """Get or create the ``tokenizer`` row (by content hash) and its ``vocab_token`` rows; return its id."""
+    from ingest.models import special_token_ids, tokenizer_fingerprint
+
+    content_hash = content_hash or tokenizer_fingerprint(tokenizer)
+    with _transaction(engine_or_conn) as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _REGISTER_LOCK})
+        found = conn.execute(sa.text("SELECT id FROM tokenizer WHERE content_hash = :h"), {"h": content_hash}).scalar()
+        if found is not None:
+            return int(found)
+        special = special_token_ids(tokenizer)
+        label = name or (str(getattr(tokenizer, "name_or_path", "") or "").rstrip("/").rsplit("/", 1)[-1]) or content_hash
+        tok_id = conn.execute(sa.text(
+            "INSERT INTO tokenizer (name, content_hash, vocab_size, bos_token_id, eos_token_id, pad_token_id) "
+            "VALUES (:n, :h, :v, :b, :e, :p) RETURNING id"),
+            {"n": label, "h": content_hash, "v": len(tokenizer), "b": special["bos"], "e": special["eos"],
+             "p": special["pad"]}).scalar_one()
+        texts = vocab_texts(tokenizer)
+        frame = pl.DataFrame({"tokenizer_id": [tok_id] * len(texts), "token_id": list(range(len(texts))), "text": texts})
+        copy_frame(conn.connection.driver_connection, "vocab_token", frame)
+        return int(tok_id)
+
+
+# ---------------------------------------------------------------- models
+
+def register_model(engine: Engine, loaded: Any, cohort: str | None = None, seed_label: str | None = None) -> int:
+    """Get or create the ``model`` row of ``loaded`` (an ``ingest.models.LoadedModel``) and its neurons.
+
+    Also registers its tokenizer and, when ``cohort`` is given, the cohort (created with this
+    model's tokenizer; a model whose tokenizer differs from the cohort's is refused). Idempotent:
+    the same name and revision returns the existing id (updating cohort / seed label when given).
+    """
+    with engine.begin() as conn:
+        tok_id = register_tokenizer(conn, loaded.tokenizer, content_hash=loaded.tokenizer_hash)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _REGISTER_LOCK})
+        cohort_id = _get_or_create_cohort(conn, cohort, tok_id, loaded.name) if cohort else None
+        row = conn.execute(sa.text("SELECT id, revision, tokenizer_id, cohort_id, seed_label FROM model WHERE name = :n"),
+                           {"n": loaded.name}).first()
+        if row is not None:
+            if row.revision != loaded.revision or row.tokenizer_id != tok_id:
+                raise AtlasError(f"a different model named {loaded.name} (revision {row.revision}) is already in the "
+                                 f"atlas — give this one another name (it is revision {loaded.revision})")
+            updates = {}
+            if cohort_id is not None and row.cohort_id != cohort_id:
+                updates["cohort_id"] = cohort_id
+            if seed_label is not None and row.seed_label != seed_label:
+                updates["seed_label"] = seed_label
+            if updates:
+                sets = ", ".join(f"{k} = :{k}" for k in updates)
+                conn.execute(sa.text(f"UPDATE model SET {sets} WHERE id = :id"), {**updates, "id": row.id})
+            return int(row.id)
+        model_id = conn.execute(sa.text(
+            "INSERT INTO model (name, source, revision, architecture, cohort_id, seed_label, n_layers, d_model, d_mlp,"
+            " n_heads, d_head, n_ctx, d_vocab, act_fn, tokenizer_id, weight_processing) VALUES (:name, :source,"
+            " :revision, :architecture, :cohort_id, :seed_label, :n_layers, :d_model, :d_mlp, :n_heads, :d_head,"
+            " :n_ctx, :d_vocab, :act_fn, :tokenizer_id, CAST(:wp AS jsonb)) RETURNING id"),
+            {"name": loaded.name, "source": loaded.source, "revision": loaded.revision,
+             "architecture": loaded.architecture, "cohort_id": cohort_id, "seed_label": seed_label,
+             "n_layers": loaded.n_layers, "d_model": loaded.d_model, "d_mlp": loaded.d_mlp,
+             "n_heads": loaded.n_heads, "d_head": loaded.d_head, "n_ctx": loaded.n_ctx, "d_vocab": loaded.d_vocab,
+             "act_fn": loaded.act_fn, "tokenizer_id": tok_id, "wp": _json(loaded.weight_processing)}).scalar_one()
+        layers = np.repeat(np.arange(loaded.n_layers, dtype=np.int16), loaded.d_mlp)
+        idx = np.tile(np.arange(loaded.d_mlp, dtype=np.int32), loaded.n_layers)
+        neurons = pl.DataFrame({"model_id": np.full(len(idx), model_id, dtype=np.int64), "layer": layers, "idx": idx})
+        copy_frame(conn.connection.driver_connection, "neuron", neurons)
+        return int(model_id)
+
+
+def _get_or_create_cohort(conn: Connection, name: str, tokenizer_id: int, model_name: str) -> int:
+    row = conn.execute(sa.text("SELECT id, tokenizer_id FROM cohort WHERE name = :n"), {"n": name}).first()
+    if row is None:
+        return int(conn.execute(sa.text("INSERT INTO cohort (name, tokenizer_id) VALUES (:n, :t) RETURNING id"),
+                                {"n": name, "t": tokenizer_id}).scalar_one())
+    if row.tokenizer_id is None:
+        conn.execute(sa.text("UPDATE cohort SET tokenizer_id = :t WHERE id = :id"), {"t": tokenizer_id, "id": row.id})
+    elif row.tokenizer_id != tokenizer_id:
+        raise AtlasError(f"model {model_name} has a different tokenizer than cohort {name} — a cohort's models must "
+                         "share one tokenizer and vocabulary")
+    return int(row.id)
+
+
+def model_id_by_name(engine: Engine, name: str) -> int | None:
+    with engine.connect() as conn:
+        found = conn.execute(sa.text("SELECT id FROM model WHERE name = :n"), {"n": name}).scalar()
+    return None if found is None else int(found)
+
+
+# ---------------------------------------------------------------- datasets
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A stored token dataset (the ``dataset`` row, plus its tokenizer's content hash)."""
+
+    id: int
+    name: str
+    source: str
+    tokenizer_id: int
+    tokenizer_hash: str
+    context_length: int
+    n_rows: int
+    n_tokens: int
+    n_kept_tokens: int
+    filter_rule: dict[str, Any]
+    content_hash: str
+    seed: int | None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+_DATASET_SELECT = """
+    SELECT d.id, d.name, d.source, d.tokenizer_id, t.content_hash AS tokenizer_hash, d.context_length, d.n_rows,
+           d.n_tokens, d.n_kept_tokens, d.filter_rule, d.content_hash, d.seed, d.params
+    FROM dataset d JOIN tokenizer t ON t.id = d.tokenizer_id
+"""
+
+
+def get_dataset(engine: Engine, name: str) -> DatasetInfo:
+    """The dataset called ``name``, or an AtlasError listing the ones that exist."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.text(_DATASET_SELECT + " WHERE d.name = :n"), {"n": name}).mappings().first()
+        if row is None:
+            names = conn.execute(sa.text("SELECT name FROM dataset ORDER BY name")).scalars().all()
+    if row is None:
+        known = f"known: {', '.join(names)}" if names else "there are none yet"
+        raise AtlasError(f"no dataset named {name} ({known}) — build it with `atlas dataset build {name} ...`")
+    return DatasetInfo(**row)
+
+
+def resolve_dataset(engine: Engine, dataset: DatasetInfo | int | str) -> DatasetInfo:
+    """A ``DatasetInfo`` from a name, an id, or an info object (returned as is)."""
+    if isinstance(dataset, DatasetInfo):
+        return dataset
+    if isinstance(dataset, int):
+        with engine.connect() as conn:
+            row = conn.execute(sa.text(_DATASET_SELECT + " WHERE d.id = :i"), {"i": dataset}).mappings().first()
+        if row is None:
+            raise AtlasError(f"no dataset with id {dataset} — list them with `atlas status`")
+        return DatasetInfo(**row)
+    return get_dataset(engine, str(dataset))
+
+
+def dataset_exists(engine: Engine, name: str) -> DatasetInfo | None:
+    try:
+        return get_dataset(engine, name)
+    except AtlasError:
+        return None
+
+
+def store_dataset(engine: Engine, *, name: str, source: str, tokenizer: Any, rows: torch.Tensor | np.ndarray,
+                  filter_rule: dict[str, Any], content_hash: str, n_kept_tokens: int, seed: int | None = None,
+                  params: dict[str, Any] | None = None, force: bool = False) -> int:
+    """Write a dataset row and its token rows (``rows: [n_rows, context_length]`` ints) in one transaction.
+
+    The same name with the same content hash is a no-op (returns the id). A different content
+    hash under the same name is refused unless ``force`` (which replaces it, and with it the runs
+    computed on it).
+    """
+    rows = rows.numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+    n_rows, ctx = rows.shape
+    with engine.begin() as conn:
+        tok_id = register_tokenizer(conn, tokenizer)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _REGISTER_LOCK})
+        row = conn.execute(sa.text("SELECT id, content_hash FROM dataset WHERE name = :n"), {"n": name}).first()
+        if row is not None:
+            if row.content_hash == content_hash and not force:
+                return int(row.id)
+            if not force:
+                raise AtlasError(f"a different dataset named {name} already exists — pick another name, or pass "
+                                 "--force to replace it (its runs are deleted too)")
+            conn.execute(sa.text("DELETE FROM dataset WHERE id = :i"), {"i": row.id})
+        dataset_id = conn.execute(sa.text(
+            "INSERT INTO dataset (name, source, tokenizer_id, context_length, n_rows, n_tokens, n_kept_tokens,"
+            " filter_rule, content_hash, seed, params) VALUES (:name, :source, :tok, :ctx, :n_rows, :n_tokens, :kept,"
+            " CAST(:rule AS jsonb), :hash, :seed, CAST(:params AS jsonb)) RETURNING id"),
+            {"name": name, "source": source, "tok": tok_id, "ctx": ctx, "n_rows": n_rows, "n_tokens": n_rows * ctx,
+             "kept": int(n_kept_tokens), "rule": _json(filter_rule), "hash": content_hash, "seed": seed,
+             "params": _json(params or {})}).scalar_one()
+        frame = pl.DataFrame({
+            "dataset_id": np.full(n_rows, dataset_id, dtype=np.int64),
+            "row_idx": np.arange(n_rows, dtype=np.int64),
+            "tokens": pl.Series(rows.astype(np.int32).tolist(), dtype=pl.List(pl.Int32)),
+        })
+        copy_frame(conn.connection.driver_connection, "dataset_row", frame)
+        return int(dataset_id)
+
+
+def load_dataset_rows(engine: Engine, dataset: DatasetInfo | int | str) -> torch.Tensor:
+    """All token rows of a dataset as ``LongTensor[n_rows, context_length]`` (small datasets, tests)."""
+    info = resolve_dataset(engine, dataset)
+    with engine.connect() as conn:
+        got = conn.execute(sa.text("SELECT tokens FROM dataset_row WHERE dataset_id = :d ORDER BY row_idx"),
+                           {"d": info.id}).scalars().all()
+    return torch.tensor(got, dtype=torch.long).reshape(len(got), info.context_length)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+class _transaction:
+    """``with _transaction(engine_or_conn) as conn``: a new transaction, or the caller's connection."""
+
+    def __init__(self, engine_or_conn: Engine | Connection):
+        self.target = engine_or_conn
+        self.ctx = None
+
+    def __enter__(self) -> Connection:
+        if isinstance(self.target, Connection):
+            return self.target
+        self.ctx = self.target.begin()
+        return self.ctx.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
