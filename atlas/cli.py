@@ -139,5 +139,60 @@ def status() -> None:
     click.echo(overview)
 
 
+# ---------------------------------------------------------------- scheduled ingestion
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Only print what would be enqueued.")
+def schedule(manifest: str, dry_run: bool) -> None:
+    """Enqueue what MANIFEST (TOML) says should be in the atlas and is not yet.
+
+    Each missing step (build a dataset, ingest a model, correlate a cohort, classify it) becomes a
+    job that `atlas worker` picks up; steps already queued are not queued twice.
+    """
+    from atlas import db as dbm
+    from atlas import jobs
+    from atlas.manifest import load_manifest
+
+    loaded = load_manifest(manifest)
+    dbm.connect(migrate=True)
+    if dry_run:
+        from atlas.manifest import plan
+
+        outcomes = [(s, "would enqueue") for s in plan(dbm.connect(), loaded)]
+    else:
+        with jobs.opened_app() as app:
+            outcomes = jobs.enqueue_plan(app, loaded)
+    if not outcomes:
+        click.echo("nothing to do: the atlas has everything the manifest lists")
+    for step, outcome in outcomes:
+        click.echo(f"{step.key:<50} {outcome}")
+
+
+@main.command()
+@click.option("--manifest", type=click.Path(dir_okay=False), envvar="ATLAS_MANIFEST",
+              help="Manifest re-read by the periodic schedule (default: $ATLAS_MANIFEST).")
+@click.option("--concurrency", default=1, show_default=True, help="Jobs run at once by this worker.")
+@click.option("--until-idle", is_flag=True, help="Exit when the queue is empty instead of waiting for jobs.")
+def worker(manifest: str | None, concurrency: int, until_idle: bool) -> None:
+    """Run queued ingestion jobs (start one per GPU/machine; they share the database).
+
+    With a manifest, a periodic task (every 5 minutes, ATLAS_SCHEDULE_CRON) enqueues what is
+    missing and re-queues jobs whose worker died; a finished step enqueues its successors.
+    """
+    import logging
+    import os
+
+    from atlas import db as dbm
+    from atlas import jobs
+
+    dbm.connect(migrate=True)
+    if manifest:
+        os.environ["ATLAS_MANIFEST"] = str(manifest)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    click.echo(f"worker started (concurrency {concurrency}); Ctrl-C to stop")
+    jobs.run_worker(concurrency=concurrency, wait=not until_idle)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
