@@ -352,18 +352,19 @@ def downgrade() -> None:
 VIEWS = [
     """
     CREATE VIEW latest_run AS
-    SELECT DISTINCT ON (kind, model_id) *
+    SELECT DISTINCT ON (kind, model_id, cohort_id) *
     FROM run
     WHERE status = 'done'
-    ORDER BY kind, model_id, finished_at DESC NULLS LAST, id DESC
+    ORDER BY kind, model_id, cohort_id, finished_at DESC NULLS LAST, id DESC
     """,
     """
     CREATE VIEW neuron_overview AS
     SELECT m.name AS model, c.name AS cohort, m.seed_label, n.model_id, n.layer, n.idx,
            a.mean, a.variance, a.skew, a.kurtosis, a.act_frequency, a.pre_min, a.pre_max, a.post_max,
+           a.post_mean, a.count AS n_tokens,
            w.w_in_norm, w.w_out_norm, w.input_bias, w.in_out_sim, w.l2_penalty,
            w.vocab_mean, w.vocab_var, w.vocab_skew, w.vocab_kurtosis,
-           u.max_corr, u.mean_corr, u.min_corr, u.mean_baseline, u.excess,
+           u.max_corr, u.mean_corr, u.min_corr, u.mean_baseline, u.excess, u.n_partners,
            (SELECT array_agg(l.label ORDER BY l.score DESC)
               FROM neuron_label l JOIN latest_run lc ON lc.id = l.run_id AND lc.kind = 'classify'
              WHERE l.model_id = n.model_id AND l.layer = n.layer AND l.idx = n.idx) AS labels
@@ -412,9 +413,58 @@ VIEWS = [
     JOIN family_member fm ON fm.family_id = f.id
     JOIN model m ON m.id = fm.model_id
     """,
+    # A neuron's best-correlated neuron in every other model it was correlated with (newest done
+    # run per pair). Reference neurons have one row per partner; partner neurons one (the reference).
+    """
+    CREATE VIEW best_partner AS
+    SELECT DISTINCT ON (p.model_id, p.layer, p.idx, p.other_model_id)
+           m.name AS model, p.model_id, p.layer, p.idx,
+           om.name AS other_model, om.seed_label AS other_seed, p.other_model_id,
+           p.max_corr, p.best_layer, p.best_idx, p.baseline_max,
+           p.max_corr - p.baseline_max AS excess, p.run_id
+    FROM pair_correlation p
+    JOIN run r ON r.id = p.run_id AND r.status = 'done'
+    JOIN model m ON m.id = p.model_id
+    JOIN model om ON om.id = p.other_model_id
+    ORDER BY p.model_id, p.layer, p.idx, p.other_model_id, r.finished_at DESC NULLS LAST, r.id DESC
+    """,
+    # "Which neurons fire on ' the'?": per vocabulary token, the neurons that keep it among their
+    # top tokens, with the mean and max hook_post activation when it is the current token.
+    """
+    CREATE VIEW token_neuron AS
+    SELECT v.text AS token, ta.token_id, m.name AS model, ta.model_id, ta.layer, ta.idx,
+           ta.count, ta.mean_act, ta.max_act
+    FROM token_activation ta
+    JOIN latest_run r ON r.id = ta.run_id AND r.kind = 'stats'
+    JOIN model m ON m.id = ta.model_id
+    JOIN vocab_token v ON v.tokenizer_id = m.tokenizer_id AND v.token_id = ta.token_id
+    """,
+    # Top activating examples as text: up to 10 tokens before the activating token, the token, and
+    # 3 after, decoded from the stored dataset rows (positions are 0-based within a row).
+    """
+    CREATE VIEW top_example_text AS
+    SELECT m.name AS model, e.model_id, e.layer, e.idx, e.rank, e.value, e.row_idx, e.position,
+           r.dataset_id, ctx.before, ctx.token, ctx.after
+    FROM top_example e
+    JOIN latest_run r ON r.id = e.run_id AND r.kind = 'stats'
+    JOIN model m ON m.id = e.model_id
+    JOIN dataset_row dr ON dr.dataset_id = r.dataset_id AND dr.row_idx = e.row_idx
+    CROSS JOIN LATERAL (
+        SELECT string_agg(v.text, '' ORDER BY t.pos) FILTER (WHERE t.pos < e.position) AS before,
+               string_agg(v.text, '' ORDER BY t.pos) FILTER (WHERE t.pos = e.position) AS token,
+               string_agg(v.text, '' ORDER BY t.pos) FILTER (WHERE t.pos > e.position) AS after
+        FROM (SELECT greatest(e.position - 10, 0) + o.ord - 1 AS pos, o.tok
+              FROM unnest(dr.tokens[greatest(e.position - 10, 0) + 1 : e.position + 4])
+                   WITH ORDINALITY AS o(tok, ord)) t
+        LEFT JOIN vocab_token v ON v.tokenizer_id = m.tokenizer_id AND v.token_id = t.tok
+    ) ctx
+    """,
 ]
 
 DROP_VIEWS = [
+    "DROP VIEW IF EXISTS top_example_text",
+    "DROP VIEW IF EXISTS token_neuron",
+    "DROP VIEW IF EXISTS best_partner",
     "DROP VIEW IF EXISTS family_members",
     "DROP VIEW IF EXISTS layer_universality",
     "DROP VIEW IF EXISTS universal_neuron",
