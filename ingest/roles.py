@@ -159,7 +159,7 @@ def entropy_candidates(layer: torch.Tensor, w_out_norm: torch.Tensor, vocab_var_
     ratio = torch.empty_like(w_out_norm, dtype=torch.float64)
     for l in layer.unique():
         m = layer == l
-        ratio[m] = w_out_norm[m].double() / w_out_norm[m].double().median().clamp_min(1e-300)
+        ratio[m] = w_out_norm[m].double() / torch.quantile(w_out_norm[m].double(), 0.5).clamp_min(1e-300)
     depth = layer.double() / max(n_layers - 1, 1)
     cand = (depth >= min_depth) & (ratio >= norm_ratio) & (torch.nan_to_num(vocab_var_ratio.double(), nan=math.inf) <= max_var_ratio)
     return {"candidate": cand, "norm_ratio": ratio}

@@ -1,0 +1,168 @@
+"""Roles from weights (vocabulary composition, attention deactivation, entropy) against direct
+numpy/scipy computations, and on a GPT-2 whose weights plant each role in a known neuron."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.stats
+import torch
+
+from ingest.families import LabelThresholds
+from ingest.roles import (
+    attention_deactivation, bos_keys, entropy_candidates, entropy_effect, entropy_intervention, role_table,
+    vocab_composition,
+)
+
+
+def test_vocab_composition_matches_scipy():
+    rng = np.random.default_rng(0)
+    W_out = rng.normal(size=(7, 12))
+    W_U = rng.normal(size=(12, 40)) + 0.3
+    W_out[3] = W_U[:, 5] + W_U[:, 9]  # a prediction-like direction
+    comp = vocab_composition(torch.from_numpy(W_out), torch.from_numpy(W_U))
+    U_hat = W_U / np.linalg.norm(W_U, axis=0)
+    z = (W_out / np.linalg.norm(W_out, axis=1, keepdims=True)) @ U_hat
+    np.testing.assert_allclose(comp.mean.numpy(), z.mean(1), rtol=1e-10)
+    np.testing.assert_allclose(comp.var.numpy(), z.var(1), rtol=1e-10)
+    np.testing.assert_allclose(comp.skew.numpy(), scipy.stats.skew(z, axis=1), rtol=1e-8)
+    np.testing.assert_allclose(comp.kurtosis.numpy(), scipy.stats.kurtosis(z, axis=1, fisher=False), rtol=1e-8)
+    baseline = (1 - np.linalg.norm(U_hat.mean(1)) ** 2) / 12
+    np.testing.assert_allclose(comp.var_ratio.numpy(), z.var(1) / baseline, rtol=1e-10)
+    assert comp.top_token.tolist() == (W_out @ W_U).argmax(1).tolist()
+    assert comp.bottom_token.tolist() == (W_out @ W_U).argmin(1).tolist()
+    np.testing.assert_allclose(comp.norm.numpy(), np.linalg.norm(W_out, axis=1))
+    # the random-direction baseline is what random unit vectors give on average
+    R = rng.normal(size=(4000, 12))
+    zr = (R / np.linalg.norm(R, axis=1, keepdims=True)) @ U_hat
+    assert zr.var(1).mean() == pytest.approx(baseline, rel=0.05)
+
+
+def test_attention_deactivation_matches_numpy():
+    rng = np.random.default_rng(1)
+    L, N, H, d_model, d_head = 3, 5, 2, 16, 4
+    W_out = rng.normal(size=(L, N, d_model))
+    W_Q = rng.normal(size=(L, H, d_model, d_head))
+    k_bos = rng.normal(size=(L, H, d_head))
+    res = attention_deactivation(torch.from_numpy(W_out), torch.from_numpy(W_Q), torch.from_numpy(k_bos),
+                                 n_random=500, seed=7)
+    g = torch.Generator().manual_seed(7)
+    R = torch.randn(500, d_model, generator=g, dtype=torch.float64).numpy()
+    R /= np.linalg.norm(R, axis=1, keepdims=True)
+    for l in range(L):
+        for n in range(N):
+            w = W_out[l, n] / np.linalg.norm(W_out[l, n])
+            for hl in range(L):
+                for h in range(H):
+                    got = res.score[l, n, hl, h].item()
+                    if hl <= l:
+                        assert math.isnan(got) and math.isnan(res.z[l, n, hl, h].item())
+                        continue
+                    v = W_Q[hl, h] @ k_bos[hl, h] / np.sqrt(d_head)
+                    assert got == pytest.approx(w @ v, rel=1e-10)
+                    rand = R @ v
+                    assert res.z[l, n, hl, h].item() == pytest.approx((w @ v - rand.mean()) / rand.std(ddof=1), rel=1e-8)
+                    assert res.percentile[l, n, hl, h].item() == pytest.approx(np.mean(rand < w @ v))
+    best = res.best()
+    assert torch.isnan(best["z"][L - 1]).all()  # nothing after the last layer
+    z0 = res.z[0, 2].reshape(-1)
+    j = int(torch.nan_to_num(z0, nan=-math.inf).argmax())
+    assert (best["head_layer"][0, 2].item(), best["head"][0, 2].item()) == (j // H, j % H)
+
+
+def test_entropy_candidates_rule():
+    layer = torch.tensor([0, 0, 0, 3, 3, 3, 3, 3, 3])
+    norm = torch.tensor([5.0, 1.0, 1.0, 1.0, 1.1, 5.0, 5.0, 0.9, 1.2])
+    var_ratio = torch.tensor([0.01, 1.0, 1.0, 1.0, 1.0, 0.01, 2.0, 0.01, 1.0])
+    res = entropy_candidates(layer, norm, var_ratio, n_layers=4, min_depth=0.8, norm_ratio=2.0, max_var_ratio=0.5)
+    # layer 0 is too early; (3, 6) writes into the vocabulary; (3, 7) has an ordinary norm
+    assert res["candidate"].tolist() == [False, False, False, False, False, True, False, False, False]
+    assert res["norm_ratio"][5].item() == pytest.approx(5.0 / 1.15)  # median of layer 3: 1.15
+
+
+def _frame(values, entropy, scale, base=(2.0, 1.0)):
+    return pl.DataFrame({"value": [None, *values], "mean_entropy": [base[0], *entropy], "mean_ln_scale": [base[1], *scale]},
+                        schema={"value": pl.Float64, "mean_entropy": pl.Float64, "mean_ln_scale": pl.Float64})
+
+
+def test_entropy_effect_confirmation():
+    up = entropy_effect(_frame([0, 1, 2], [1.8, 2.2, 2.9], [0.8, 1.2, 2.0]), min_relative_change=0.05)
+    assert up["confirmed"] and up["direction"] == "increases entropy"
+    assert up["relative_entropy_change"] == pytest.approx((2.9 - 1.8) / 2.0)
+    tiny = entropy_effect(_frame([0, 1, 2], [2.0, 2.01, 2.02], [1.0, 1.1, 1.2]), min_relative_change=0.05)
+    assert not tiny["confirmed"]
+    scale_disagrees = entropy_effect(_frame([0, 1, 2], [1.8, 2.2, 2.9], [1.2, 1.0, 0.8]), min_relative_change=0.05)
+    assert not scale_disagrees["confirmed"]
+    not_monotone = entropy_effect(_frame([0, 1, 2], [1.8, 3.5, 2.9], [0.8, 1.2, 2.0]), min_relative_change=0.05)
+    assert not not_monotone["confirmed"]
+    assert not entropy_effect(_frame([0], [1.8], [0.8]), min_relative_change=0.05)["confirmed"]
+
+
+# ---------------------------------------------------------------- planted ground truth
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    from tests.planted_gpt2 import build_planted, load_bridge
+
+    p = build_planted(tmp_path_factory.mktemp("planted") / "model")
+    return p, load_bridge(p)
+
+
+def _labelled(table: pl.DataFrame, mask: pl.Expr) -> set[tuple[int, int]]:
+    return {(r["layer"], r["idx"]) for r in table.filter(mask).iter_rows(named=True)}
+
+
+@pytest.mark.slow
+def test_planted_roles_are_found_exactly(planted):
+    from tests.planted_gpt2 import BOSQ, VOCAB
+
+    p, bridge = planted
+    t = LabelThresholds()
+    k_bos = bos_keys(bridge, 0)
+    assert k_bos.shape == (2, 2, 64)
+    att = attention_deactivation(bridge.W_out, bridge.W_Q, k_bos)
+    table = role_table(bridge.W_out, bridge.W_U, VOCAB, min_depth=t.entropy_min_depth, norm_ratio=t.entropy_norm_ratio,
+                       max_var_ratio=t.entropy_var_ratio, attention=att)
+    assert table.height == 2 * 16
+    k, s = pl.col("vocab_kurtosis"), pl.col("vocab_skew")
+    assert _labelled(table, (k > t.prediction_kurtosis) & (s > 0)) == p.truth["prediction"]
+    assert _labelled(table, (k > t.suppression_kurtosis) & (s < 0)) == p.truth["suppression"]
+    assert _labelled(table, (pl.col("vocab_var_ratio") >= t.partition_var_ratio) & (k <= t.prediction_kurtosis)) == p.truth["partition"]
+    assert _labelled(table, pl.col("entropy_candidate")) == p.truth["entropy"]
+    assert _labelled(table, pl.col("attn_z") >= t.attention_z) == p.truth["attention_deactivation"]
+    row = table.filter((pl.col("layer") == 0) & (pl.col("idx") == 4)).row(0, named=True)
+    assert (row["attn_head_layer"], row["attn_head"]) == (1, 0) and row["attn_percentile"] == 1.0
+    pred = table.filter((pl.col("layer") == 1) & (pl.col("idx") == 1)).row(0, named=True)
+    assert pred["top_token_text"] in (" cat", " dog")
+    supp = table.filter((pl.col("layer") == 1) & (pl.col("idx") == 2)).row(0, named=True)
+    assert supp["bottom_token_text"] in (" the", ",")
+    # the score is the formula on the processed weights
+    W_Q, W_out = bridge.W_Q.detach().double(), bridge.W_out.detach().double()
+    w = W_out[0, 4] / W_out[0, 4].norm()
+    direct = float(w @ W_Q[1, 0] @ k_bos[1, 0] / math.sqrt(64))
+    assert row["attn_score"] == pytest.approx(direct, rel=1e-9)
+    assert abs(float(W_out[0, 4, BOSQ])) > 0.9  # the planted direction survived weight processing
+
+
+@pytest.mark.slow
+def test_entropy_intervention_confirms_only_the_entropy_neuron(planted):
+    p, bridge = planted
+    t = LabelThresholds()
+    values = [0.0, 0.5, 1.0, 2.0]
+    frame = entropy_intervention(bridge, p.tokens[:16], 1, 3, values, keep=p.keep[:16], batch_size=8)
+    assert frame.height == len(values) + 1 and frame["value"][0] is None
+    effect = entropy_effect(frame, min_relative_change=t.entropy_min_relative_change)
+    assert effect["confirmed"] and effect["direction"] == "increases entropy"
+    assert effect["ln_scale_change"] > 0
+    # the unmodified row is the plain model's mean entropy
+    with torch.no_grad():
+        logp = torch.log_softmax(bridge(p.tokens[:16]).double(), -1)
+    ent = -(logp.exp() * logp).sum(-1)[p.keep[:16]].mean().item()
+    assert frame["mean_entropy"][0] == pytest.approx(ent, rel=1e-6)
+    # a distractor in the same layer does not move entropy like that
+    other = entropy_effect(entropy_intervention(bridge, p.tokens[:16], 1, 7, values, keep=p.keep[:16]),
+                           min_relative_change=t.entropy_min_relative_change)
+    assert not other["confirmed"]
