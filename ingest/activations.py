@@ -50,13 +50,18 @@ def mlp_activations(model: LoadedModel, tokens: torch.Tensor, hooks: Sequence[st
     captured: dict[str, torch.Tensor] = {}
     names = [f"blocks.{l}.mlp.hook_{h}" for l in layers for h in hooks]
     last = max(names, key=lambda n: (int(n.split(".")[1]), HOOKS.index(n.rsplit("_", 1)[1])))
+    # hook_pre/hook_post are aliases: without compatibility mode the hook point reports its
+    # canonical name (blocks.L.mlp.in.hook_out), so map canonical names back to ours
+    hook_dict = model.bridge.hook_dict
+    canonical = {hook_dict[n].name: n for n in names}
 
     def capture(act: torch.Tensor, hook) -> None:
-        captured[hook.name] = act.detach()
-        if hook.name == last:
+        name = canonical.get(hook.name, hook.name)
+        captured[name] = act.detach()
+        if name == last:
             raise _StopForward
 
-    fwd_hooks = [(n, capture) for n in names]
+    fwd_hooks = [(hook_dict[n].name, capture) for n in names]
     use_autocast = str(model.device).startswith("cuda") and model.dtype == torch.float32
     try:
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_autocast):

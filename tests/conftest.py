@@ -19,6 +19,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from tests.cohort_fixtures import tiny_cohort  # noqa: F401,E402  (the shared tiny trained cohort)
+
 TEMPLATE = "atlas_test_template"
 
 

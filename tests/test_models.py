@@ -1,0 +1,160 @@
+"""Loading models through TransformerLens, their activations, tokenizer checks and registration."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import sqlalchemy as sa
+import torch
+
+from atlas.errors import AtlasError
+from ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
+from ingest.models import check_same_tokenizer, load_model, tokenizer_fingerprint
+from ingest.store import load_dataset_rows, register_model
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_cohort):
+    return [load_model(str(p)) for p in tiny_cohort.paths]
+
+
+def _other_tokenizer_checkpoint(tmp_path):
+    """A tiny GPT-2 checkpoint whose tokenizer was trained on different text."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ingest.corpus import grammar_corpus
+    from ingest.zoo import train_tokenizer
+
+    tok = train_tokenizer([d.lower() for d in grammar_corpus(50, seed=9)], 300)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=32, n_ctx=32, n_embd=32, n_layer=1, n_head=4, n_inner=64,
+                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    out = tmp_path / "odd-model"
+    GPT2LMHeadModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_load_records_shapes_provenance_and_processing(tiny_cohort, tiny_models):
+    m = tiny_models[0]
+    cfg = tiny_cohort.config
+    assert (m.n_layers, m.d_model, m.d_mlp, m.n_heads, m.n_ctx) == (cfg.n_layers, cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.n_ctx)
+    assert m.d_head == cfg.d_model // cfg.n_heads and m.d_vocab == len(tiny_cohort.tokenizer)
+    assert m.act_fn == "gelu_new" and "GPT2" in m.architecture
+    assert m.name == tiny_cohort.names[0] and m.source == str(tiny_cohort.paths[0])
+    assert m.revision.startswith("sha256:") and m.revision != tiny_models[1].revision
+    assert m.weight_processing == {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
+                                   "fold_value_biases": True}
+    # processed weights: the unembedding is centred over the vocabulary, writing weights over d_model
+    assert m.bridge.W_U.mean(dim=1).abs().max() < 1e-5
+    assert m.bridge.W_out.mean(dim=-1).abs().max() < 1e-5
+    assert m.tokenizer_hash == tokenizer_fingerprint(tiny_cohort.tokenizer)
+    assert check_same_tokenizer(tiny_models) == m.tokenizer_hash
+
+
+def test_activations_match_a_full_cached_forward(tiny_cohort, tiny_models):
+    m = tiny_models[1]
+    tokens = tiny_cohort.rows[:4]
+    acts = mlp_activations(m, tokens, hooks=("pre", "post"))
+    assert acts["pre"].shape == (4, tiny_cohort.context_length, m.n_layers, m.d_mlp)
+    assert acts["pre"].dtype == torch.float32
+    with torch.no_grad():
+        _, cache = m.bridge.run_with_cache(tokens)
+    for layer in range(m.n_layers):
+        torch.testing.assert_close(acts["pre"][:, :, layer], cache[f"blocks.{layer}.mlp.hook_pre"], rtol=0, atol=0)
+        torch.testing.assert_close(acts["post"][:, :, layer], cache[f"blocks.{layer}.mlp.hook_post"], rtol=0, atol=0)
+    # gelu_new(pre) == post
+    pre = acts["pre"].double()
+    gelu = 0.5 * pre * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (pre + 0.044715 * pre ** 3)))
+    torch.testing.assert_close(acts["post"].double(), gelu, rtol=1e-5, atol=1e-6)
+    only_post = mlp_activations(m, tokens)
+    assert set(only_post) == {"post"} and torch.equal(only_post["post"], acts["post"])
+    one_layer = mlp_activations(m, tokens, hooks=("pre",), layers=[0])
+    assert torch.equal(one_layer["pre"][:, :, 0], acts["pre"][:, :, 0])
+
+
+def test_weight_processing_does_not_change_activations(tiny_cohort, tiny_models):
+    raw = load_model(str(tiny_cohort.paths[1]), process_weights=False)
+    assert raw.weight_processing == {}
+    tokens = tiny_cohort.rows[:2]
+    a = mlp_activations(raw, tokens, hooks=("pre", "post"))
+    b = mlp_activations(tiny_models[1], tokens, hooks=("pre", "post"))
+    torch.testing.assert_close(a["pre"], b["pre"], rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_activations_name_the_layer(tiny_cohort, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_cohort.paths[0], broken)
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(broken)
+    with torch.no_grad():
+        hf.transformer.h[1].mlp.c_fc.bias[3] = float("nan")
+    hf.save_pretrained(broken)
+    m = load_model(str(broken), process_weights=False)
+    with pytest.raises(AtlasError, match=r"blocks\.1\.mlp\.hook_pre"):
+        mlp_activations(m, tiny_cohort.rows[:2], hooks=("pre", "post"))
+
+
+def test_odd_tokenizer_is_named(tiny_models, tmp_path):
+    odd = load_model(str(_other_tokenizer_checkpoint(tmp_path)))
+    with pytest.raises(AtlasError, match="tokenizer of odd-model differs"):
+        check_same_tokenizer([*tiny_models, odd])
+
+
+def test_bad_sources_give_one_line_errors(tmp_path, monkeypatch):
+    with pytest.raises(AtlasError, match="no model checkpoint directory"):
+        load_model(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AtlasError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))
+    bad = tmp_path / "corrupt"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "gpt2", "n_layer": 1}')
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(AtlasError, match="could not read the checkpoint") as err:
+        load_model(str(bad))
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the real hub code path, without waiting for retries
+    with pytest.raises(AtlasError, match="stanford-crfm/alias-gpt2-small-x21 could not be downloaded") as err:
+        load_model("stanford-crfm/alias-gpt2-small-x21")
+    assert "\n" not in str(err.value)
+
+
+def test_register_model_is_idempotent_and_checks_the_cohort(engine, tiny_cohort, tiny_models, tmp_path):
+    ids = [register_model(engine, m, cohort="tiny", seed_label=lab) for m, lab in zip(tiny_models, tiny_cohort.labels)]
+    assert len(set(ids)) == 3
+    assert register_model(engine, tiny_models[0], cohort="tiny", seed_label="a") == ids[0]
+    with engine.connect() as conn:
+        n_neurons = conn.execute(sa.text("SELECT count(*) FROM neuron WHERE model_id = :m"), {"m": ids[0]}).scalar_one()
+        n_vocab = conn.execute(sa.text("SELECT count(*) FROM vocab_token")).scalar_one()
+        n_tok = conn.execute(sa.text("SELECT count(*) FROM tokenizer")).scalar_one()
+        row = conn.execute(sa.text("SELECT m.seed_label, c.name, m.weight_processing, m.revision FROM model m "
+                                   "JOIN cohort c ON c.id = m.cohort_id WHERE m.id = :m"), {"m": ids[0]}).one()
+        the = conn.execute(sa.text("SELECT text FROM vocab_token WHERE token_id = :t"),
+                           {"t": tiny_cohort.tokenizer(" the", add_special_tokens=False)["input_ids"][0]}).scalar_one()
+    assert n_neurons == tiny_models[0].n_neurons
+    assert n_tok == 1 and n_vocab == len(tiny_cohort.tokenizer)
+    assert row.seed_label == "a" and row.name == "tiny" and row.weight_processing["fold_ln"] is True
+    assert row.revision == tiny_models[0].revision
+    assert the == " the"
+    odd = load_model(str(_other_tokenizer_checkpoint(tmp_path)))
+    with pytest.raises(AtlasError, match="different tokenizer than cohort tiny"):
+        register_model(engine, odd, cohort="tiny")
+
+
+def test_dataset_batches_and_mask(engine, tiny_cohort):
+    info = tiny_cohort.store_dataset(engine)
+    rows = load_dataset_rows(engine, "tiny")
+    assert torch.equal(rows, tiny_cohort.rows)
+    got = list(iter_dataset_batches(engine, "tiny", 64, start_row=10))
+    assert [s for s, _ in got] == [10, 74, 138]
+    assert torch.equal(torch.cat([b for _, b in got]), tiny_cohort.rows[10:])
+    from_rows = list(iter_dataset_batches(tiny_cohort.rows, None, 64))
+    assert [s for s, _ in from_rows] == [0, 64, 128]
+    mask = kept_token_mask(rows, info.filter_rule)
+    assert not mask[:, 0].any()  # BOS
+    excluded = set(info.filter_rule["exclude_token_ids"])
+    assert mask.sum().item() == info.n_kept_tokens == sum(int(t) not in excluded for t in rows.flatten())
+    assert kept_token_mask(rows, None).all()
