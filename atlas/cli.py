@@ -139,6 +139,57 @@ def status() -> None:
     click.echo(overview)
 
 
+# ---------------------------------------------------------------- families and roles
+
+@main.command("classify")
+@click.option("--cohort", default=None, help="Classify every model of this cohort (families across its seeds).")
+@click.option("--model", "models", multiple=True, help="Only this model (repeatable; without --cohort: these models).")
+@click.option("--run", "run_id", type=int, default=None, help="Take the cohort and dataset of this correlation run.")
+@click.option("--dataset", default=None, help="Name of the token dataset to stream.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--batch-size", default=16, show_default=True, help="Context rows per forward pass.")
+@click.option("--max-rows", type=int, default=None, help="Use only the first rows of the dataset.")
+@click.option("--min-token-count", default=5, show_default=True, help="Occurrences a token needs to be a unigram feature.")
+@click.option("--top-k", default=5, show_default=True, help="Best features stored per neuron.")
+@click.option("--universal-only", is_flag=True, help="Label only universal neurons (needs a correlation run).")
+@click.option("--universal-threshold", default=0.5, show_default=True, help="Excess correlation for --universal-only.")
+@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
+              help="Override a labelling threshold, e.g. unigram_vr=0.6 (see README, Families and roles).")
+@click.option("--force", is_flag=True, help="Recompute even when the same run is done.")
+def classify_cmd(cohort, models, run_id, dataset, device, batch_size, max_rows, min_token_count, top_k, universal_only,
+                 universal_threshold, thresholds, force) -> None:
+    """Explain neurons by token features, label families and functional roles, group duplicates.
+
+    Streams DATASET once per model: variance reduction of token features (current and previous
+    token) and of position; labels (unigram, alphabet, previous-token, position, semantic,
+    prediction, suppression, partition, entropy, attention deactivation) with score and evidence;
+    families of neurons sharing a label within a model and across seeds (partner edges).
+    """
+    import sqlalchemy as sa
+
+    from atlas import db as dbm
+    from ingest.classify import ClassifyConfig, classify, thresholds_from_options
+
+    engine = dbm.connect(migrate=True)
+    if run_id is not None:
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT c.name AS cohort, d.name AS dataset FROM run r LEFT JOIN cohort c ON "
+                                       "c.id = r.cohort_id LEFT JOIN dataset d ON d.id = r.dataset_id WHERE r.id = :i"),
+                               {"i": run_id}).first()
+        if row is None or row.cohort is None:
+            raise AtlasError(f"run {run_id} is not a cohort run — give a correlation run id, or --cohort and --dataset")
+        cohort, dataset = cohort or row.cohort, dataset or row.dataset
+    if not dataset:
+        raise AtlasError("give --dataset NAME (or --run ID of a correlation run)")
+    if not cohort and not models:
+        raise AtlasError("give --cohort NAME, --model NAME or --run ID")
+    config = ClassifyConfig(thresholds=thresholds_from_options(thresholds), batch_size=batch_size, max_rows=max_rows,
+                            min_token_count=min_token_count, top_k_features=top_k, universal_only=universal_only,
+                            universal_threshold=universal_threshold)
+    classify(engine, dataset, cohort=cohort, models=list(models) or None, config=config, device=device, force=force,
+             log=click.echo)
+
+
 # ---------------------------------------------------------------- scheduled ingestion
 
 @main.command()

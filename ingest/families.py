@@ -40,7 +40,7 @@ class LabelThresholds:
     topic_top_k: int = 20  # ours: top tokens considered
     prediction_kurtosis: float = 10.0  # paper: vocab kurtosis > 10, skew > 0
     suppression_kurtosis: float = 10.0  # paper: vocab kurtosis > 10, skew < 0
-    partition_var_ratio: float = 5.0  # ours: vocab variance ≥ 5 × a random direction's
+    partition_var_ratio: float = 10.0  # ours: vocab variance ≥ 10 × a random direction's
     entropy_min_depth: float = 0.8  # ours: layer / (n_layers − 1) ≥ 0.8 ("last layers")
     entropy_norm_ratio: float = 2.0  # ours: ‖w_out‖ ≥ 2 × its layer's median
     entropy_var_ratio: float = 0.5  # ours: vocab variance ≤ 0.5 × a random direction's

@@ -97,7 +97,7 @@ TOPIC_WORDS: dict[str, frozenset[str]] = {k: frozenset(v.split()) for k, v in {
 class FeatureSet:
     """Binary features over rows (vocabulary ids or positions).
 
-    ``matrix: [n_rows, n_features] bool``; ``names[j]`` e.g. ``"token= the"``, ``"starts_with=a"``,
+    ``matrix: [n_rows, n_features] bool``; ``names[j]`` e.g. ``"token=' the'"``, ``"starts_with=a"``,
     ``"position in [32,64)"``; ``kinds[j]`` one of unigram | class | alphabet | topic | position.
     """
 
@@ -166,7 +166,7 @@ def token_features(
 ) -> FeatureSet:
     """Binary features of vocabulary tokens: ``matrix: [d_vocab, n_features] bool``.
 
-    - ``unigram``: ``token=<text>`` for each id in ``frequent_token_ids``; with ``word_groups``
+    - ``unigram``: ``token=<repr of text>`` (``token=' the'``) for each id in ``frequent_token_ids``; with ``word_groups``
       also ``word=<w>`` for a normalised word (stripped, lower-cased) that at least two vocabulary
       tokens spell (' the', 'the', ' The') and one of them is frequent.
     - ``class``: leading space, capitalised, all caps, digits, year (1490–2200), punctuation kinds,
@@ -191,7 +191,7 @@ def token_features(
             raise ValueError(f"frequent token id {i} outside the vocabulary (size {d_vocab})")
         col = np.zeros(d_vocab, dtype=bool)
         col[i] = True
-        names.append(f"token={vocab[i]}")
+        names.append(f"token={vocab[i]!r}")
         kinds.append("unigram")
         columns.append(col)
 

@@ -63,10 +63,10 @@ def test_planted_label_evidence(planted_labels):
         return {**row, "evidence": json.loads(row["evidence"])}
 
     uni = get("unigram")
-    assert uni["family_key"] == "token= of" and uni["score"] > 0.99 and uni["evidence"]["feature"] == "token= of"
+    assert uni["family_key"] == "token=' of'" and uni["score"] > 0.99 and uni["evidence"]["feature"] == "token=' of'"
     assert get("alphabet")["family_key"] == "starts_with=b"
     prev = get("previous_token")
-    assert prev["family_key"] == "previous token= and" and prev["evidence"]["feature"] == "token= and"
+    assert prev["family_key"] == "previous token=' and'" and prev["evidence"]["feature"] == "token=' and'"
     pos = get("position")
     assert pos["evidence"]["kurtosis"] < 2 and pos["score"] == pytest.approx(pos["evidence"]["position_mi"])
     sem = get("semantic")
@@ -95,13 +95,13 @@ def _labels(rows: list[dict], **thresholds) -> list[str]:
 
 
 def test_rule_boundaries():
-    assert _labels([_row(unigram_feature="token= the", unigram_vr=0.5)]) == []
-    assert _labels([_row(unigram_feature="token= the", unigram_vr=0.51)]) == ["unigram"]
-    assert _labels([_row(unigram_feature="token= the", unigram_vr=0.51)], unigram_vr=0.6) == []
+    assert _labels([_row(unigram_feature="token=' the'", unigram_vr=0.5)]) == []
+    assert _labels([_row(unigram_feature="token=' the'", unigram_vr=0.51)]) == ["unigram"]
+    assert _labels([_row(unigram_feature="token=' the'", unigram_vr=0.51)], unigram_vr=0.6) == []
     assert _labels([_row(cur_feature="starts_with=a", cur_kind="alphabet", cur_vr=0.36)]) == ["alphabet"]
     assert _labels([_row(cur_feature="suffix=ing", cur_kind="class", cur_vr=0.9)]) == []
-    assert _labels([_row(best_feature="token= and", best_kind="unigram", best_on_previous=True, best_vr=0.3)]) == ["previous_token"]
-    assert _labels([_row(best_feature="token= and", best_kind="unigram", best_on_previous=False, best_vr=0.9)]) == []
+    assert _labels([_row(best_feature="token=' and'", best_kind="unigram", best_on_previous=True, best_vr=0.3)]) == ["previous_token"]
+    assert _labels([_row(best_feature="token=' and'", best_kind="unigram", best_on_previous=False, best_vr=0.9)]) == []
     assert _labels([_row(kurtosis=1.9, position_mi=0.2, pos_feature="position>=8")]) == ["position"]
     assert _labels([_row(kurtosis=2.1, position_mi=0.2)]) == []
     assert _labels([_row(kurtosis=1.5, position_mi=0.05)]) == []
@@ -163,9 +163,9 @@ def _edge(m, l, i, pm, pl_, pi, rho) -> dict:
 
 def test_families_across_seeds_through_partner_edges():
     labels = pl.DataFrame([
-        _lab(1, 0, 5, "unigram", "token= the", 0.9), _lab(2, 0, 9, "unigram", "token= the", 0.8),
-        _lab(3, 1, 2, "unigram", "token= the", 0.7),
-        _lab(1, 0, 6, "unigram", "token= of"), _lab(2, 0, 3, "unigram", "token= of"),  # edge too weak
+        _lab(1, 0, 5, "unigram", "token=' the'", 0.9), _lab(2, 0, 9, "unigram", "token=' the'", 0.8),
+        _lab(3, 1, 2, "unigram", "token=' the'", 0.7),
+        _lab(1, 0, 6, "unigram", "token=' of'"), _lab(2, 0, 3, "unigram", "token=' of'"),  # edge too weak
         _lab(1, 4, 1, "prediction", "boosts ' the'"), _lab(1, 5, 1, "prediction", "boosts ' the'"),  # same model
         _lab(2, 4, 1, "prediction", "boosts ' a'"),  # different key: not linked
         _lab(3, 2, 2, "position", None), _lab(1, 2, 2, "position", None),
@@ -179,8 +179,8 @@ def test_families_across_seeds_through_partner_edges():
     ])
     fams, members = build_families(labels, edges, min_rho=0.5, n_models_total=3)
     by_name = {r["name"]: r for r in fams.iter_rows(named=True)}
-    assert set(by_name) == {"unigram: token= the", "prediction: boosts ' the'", "position"}
-    the = by_name["unigram: token= the"]
+    assert set(by_name) == {"unigram: token=' the'", "prediction: boosts ' the'", "position"}
+    the = by_name["unigram: token=' the'"]
     assert (the["n_members"], the["n_models"]) == (3, 3)
     ev = json.loads(the["evidence"])
     assert ev["every_seed"] is True and ev["n_cross_seed_edges"] == 2 and ev["mean_edge_rho"] == pytest.approx(0.85)
@@ -193,7 +193,7 @@ def test_families_across_seeds_through_partner_edges():
     assert by_name["position"]["n_models"] == 2
     # lower threshold links ' of'
     fams2, _ = build_families(labels, edges, min_rho=0.2)
-    assert "unigram: token= of" in fams2["name"].to_list()
+    assert "unigram: token=' of'" in fams2["name"].to_list()
     # no edges: within-model families only
     fams3, _ = build_families(labels, None)
     assert fams3["name"].to_list() == ["prediction: boosts ' the'"]

@@ -30,7 +30,7 @@ def test_token_feature_classes():
     fs = token_features(VOCAB, frequent_token_ids=[1, 8])
     assert fs.matrix.shape == (len(VOCAB), fs.n_features) and fs.matrix.dtype == torch.bool
     assert len(set(fs.names)) == fs.n_features
-    assert [n for n, k in zip(fs.names, fs.kinds) if k == "unigram"] == ["token= the", "token=,", "word=the"]
+    assert [n for n, k in zip(fs.names, fs.kinds) if k == "unigram"] == ["token=' the'", "token=','", "word=the"]
     assert members(fs, "word=the") == {" the", "the", " The"}
     assert members(fs, "year") == {" 1999", "2200"}  # 1490–2200 inclusive
     assert members(fs, "all_caps") == {" NASA"}
@@ -135,7 +135,7 @@ def test_variance_reduction_matches_numpy(offset):
 
     # the planted structure is what the summary finds
     summary = scores.summary()
-    assert summary["cur_feature"][0] == "token= the"
+    assert summary["cur_feature"][0] == "token=' the'"
     assert summary["best_on_previous"][1] is True
     assert summary["pos_feature"][2].startswith("position")
 

@@ -1,0 +1,188 @@
+"""End to end: `classify` on the tiny trained cohort stores features, labels and cross-seed
+families in one run; stored VR equals a direct numpy computation; a repeat is a no-op."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import sqlalchemy as sa
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def _post(loaded, rows: torch.Tensor) -> np.ndarray:
+    from ingest.activations import mlp_activations
+
+    return mlp_activations(loaded, rows, hooks=("post",))["post"].double().numpy()  # [rows, ctx, L, d_mlp]
+
+
+def _store_correlation(engine, cohort_id: int, dataset_id: int, ids: list[int], posts: list[np.ndarray],
+                       keep: np.ndarray, k: int = 5) -> int:
+    """A correlation run whose partner edges are exact float64 Pearson correlations (reference = ids[0])."""
+    from atlas.runs import begin_run
+
+    flat = [p[keep].reshape(int(keep.sum()), -1) for p in posts]
+    d_mlp = posts[0].shape[-1]
+
+    def z(x: np.ndarray) -> np.ndarray:
+        sd = x.std(0)
+        return np.where(sd > 1e-8, (x - x.mean(0)) / np.where(sd > 1e-8, sd, 1), np.nan)
+
+    za = z(flat[0])
+    edges = []
+    for m, pid in enumerate(ids[1:], start=1):
+        rho = (za.T @ z(flat[m])) / za.shape[0]  # [N_a, N_m]
+        for i in range(rho.shape[0]):
+            if np.isnan(rho[i]).all():
+                continue
+            order = np.argsort(-np.nan_to_num(rho[i], nan=-2))[:k]
+            for rank, j in enumerate(order, start=1):
+                edges.append({"model_id": ids[0], "layer": i // d_mlp, "idx": i % d_mlp, "partner_model_id": pid,
+                              "rank": rank, "partner_layer": int(j) // d_mlp, "partner_idx": int(j) % d_mlp,
+                              "rho": float(rho[i, j])})
+    run = begin_run(engine, "correlation", model_id=ids[0], cohort_id=cohort_id, dataset_id=dataset_id,
+                    params={"test": "exact edges"}, device="cpu")
+    with run:
+        run.publish({"correlation_edge": pl.DataFrame(edges)})
+    return run.id
+
+
+@pytest.fixture
+def classified(engine, tiny_cohort):
+    from ingest.activations import kept_token_mask
+    from ingest.classify import ClassifyConfig, classify
+    from ingest.models import load_model
+    from ingest.store import register_model
+
+    info = tiny_cohort.store_dataset(engine)
+    loaded, ids = [], []
+    for path, label in zip(tiny_cohort.paths, tiny_cohort.labels):
+        m = load_model(str(path))
+        ids.append(register_model(engine, m, cohort="tiny", seed_label=label))
+        loaded.append(m)
+    rows = tiny_cohort.rows
+    keep = kept_token_mask(rows, tiny_cohort.filter_rule).numpy()
+    posts = [_post(m, rows) for m in loaded]
+    with engine.connect() as conn:
+        cohort_id = conn.execute(sa.text("SELECT id FROM cohort WHERE name = 'tiny'")).scalar_one()
+    _store_correlation(engine, cohort_id, info.id, ids, posts, keep)
+    config = ClassifyConfig(min_token_count=3, batch_size=32)
+    messages: list[str] = []
+    run_id = classify(engine, info.name, cohort="tiny", config=config, log=messages.append)
+    return {"engine": engine, "info": info, "ids": ids, "loaded": loaded, "posts": posts, "keep": keep,
+            "rows": rows, "run_id": run_id, "config": config, "messages": messages, "cohort": tiny_cohort}
+
+
+def test_classify_stores_features_labels_families(classified):
+    engine, run_id, ids = classified["engine"], classified["run_id"], classified["ids"]
+    assert run_id is not None
+    with engine.connect() as conn:
+        run = conn.execute(sa.text("SELECT kind, status, cohort_id, model_id, params FROM run WHERE id = :i"),
+                           {"i": run_id}).mappings().one()
+        n_feat = conn.execute(sa.text("SELECT model_id, count(*) FROM neuron_feature WHERE run_id = :i GROUP BY model_id"),
+                              {"i": run_id}).all()
+        labels = pl.DataFrame(conn.execute(sa.text(
+            "SELECT model_id, layer::int AS layer, idx, label, score, evidence::text AS evidence FROM neuron_label "
+            "WHERE run_id = :i"), {"i": run_id}).mappings().all())
+        fams = conn.execute(sa.text("SELECT id, label, name, n_members, n_models, evidence FROM family WHERE run_id = :i"),
+                            {"i": run_id}).mappings().all()
+        members = conn.execute(sa.text("SELECT family_id, model_id, layer, idx FROM family_member fm "
+                                       "JOIN family f ON f.id = fm.family_id WHERE f.run_id = :i"), {"i": run_id}).all()
+    assert (run["kind"], run["status"], run["model_id"]) == ("classify", "done", None)
+    params = run["params"]
+    assert params["thresholds"]["unigram_vr"] == 0.5 and params["thresholds"]["alphabet_vr"] == 0.35
+    assert params["models"] == [m.name for m in classified["loaded"]]
+    assert "syntax" in params["result"] and params["result"]["n_labels"] == labels.height
+    assert {m for m, _ in n_feat} == set(ids)
+    assert all(n <= 2 * 64 * classified["config"].top_k_features for _, n in n_feat)
+    # labels carry evidence; the trained cohort has clear unigram neurons in every seed
+    assert labels.height > 0
+    assert all(isinstance(json.loads(e), dict) and "rule" in json.loads(e) for e in labels["evidence"])
+    unigram_models = set(labels.filter(pl.col("label") == "unigram")["model_id"].to_list())
+    assert unigram_models == set(ids)
+    # families: every member is a labelled neuron with the family's label; some span seeds
+    assert fams
+    label_set = set(labels.select("model_id", "layer", "idx", "label").iter_rows())
+    fam_label = {f["id"]: f["label"] for f in fams}
+    for fid, m, l, i in members:
+        assert (m, l, i, fam_label[fid]) in label_set
+    assert max(f["n_models"] for f in fams) >= 2
+    assert sum(1 for f in fams if f["evidence"]["n_cross_seed_edges"] > 0) >= 1
+    for f in fams:
+        assert f["n_members"] == sum(1 for fid, *_ in members if fid == f["id"])
+    print("\nlabel counts:", params["result"]["label_counts"], "families:",
+          sorted((f["name"], f["n_members"], f["n_models"]) for f in fams)[:40])
+
+    # a repeat is a no-op, through the API and the CLI
+    from click.testing import CliRunner
+
+    from atlas import queries
+    from atlas.cli import main
+    from ingest.classify import classify
+
+    assert classify(engine, classified["info"].name, cohort="tiny", config=classified["config"], log=lambda m: None) is None
+    result = CliRunner().invoke(main, ["classify", "--cohort", "tiny", "--dataset", "tiny", "--min-token-count", "3",
+                                       "--batch-size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "already done" in result.output
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM run WHERE kind = 'classify'")).scalar() == 1
+    # the query layer sees the families and per-layer counts
+    assert queries.families(engine).height == len(fams)
+    counts = queries.family_layer_counts(engine, cohort="tiny")
+    assert counts.height > 0 and set(counts["layer"].to_list()) <= {0, 1}
+    assert counts["n_members"].sum() == len(members)
+
+
+def test_stored_variance_reduction_matches_numpy(classified):
+    from ingest.features import frequent_token_ids, position_features, token_features
+
+    engine, run_id = classified["engine"], classified["run_id"]
+    rows, keep, cfg = classified["rows"].numpy(), classified["keep"], classified["config"]
+    loaded, ids, posts = classified["loaded"], classified["ids"], classified["posts"]
+    tok = classified["cohort"].tokenizer
+    vocab = [tok.decode([i]) for i in range(loaded[0].d_vocab)]
+    counts = torch.bincount(torch.from_numpy(rows[keep]), minlength=loaded[0].d_vocab).double()
+    special = [i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None]
+    tf = token_features(vocab, frequent_token_ids(counts, min_count=cfg.min_token_count,
+                                                  max_tokens=cfg.max_unigram_features, exclude=special),
+                        special_token_ids=special)
+    pf = position_features(rows.shape[1], n_exact=cfg.position_exact, n_buckets=cfg.position_buckets)
+    prev = np.concatenate([np.full((rows.shape[0], 1), -1), rows[:, :-1]], 1)
+    pos = np.broadcast_to(np.arange(rows.shape[1]), rows.shape)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text(
+            "SELECT model_id, layer::int, idx, feature, on_previous, feature_kind, variance_reduction::float8 "
+            "FROM neuron_feature WHERE run_id = :i AND rank <= 2 ORDER BY model_id, layer, idx, rank"),
+            {"i": run_id}).all()
+    checked = 0
+    for model_id, layer, idx, feature, on_previous, kind, vr in stored[::7]:
+        a = posts[ids.index(model_id)][..., layer, idx][keep]
+        if kind == "position":
+            f = pf.matrix[:, pf.names.index(feature)].numpy()[pos[keep]]
+        else:
+            col = tf.matrix[:, tf.names.index(feature)].numpy()
+            src = prev[keep] if on_previous else rows[keep]
+            f = np.where(src >= 0, col[np.maximum(src, 0)], False)
+        p1 = f.mean()
+        ref = (a.var() - ((1 - p1) * a[~f].var() + p1 * a[f].var())) / a.var()
+        assert vr == pytest.approx(ref, abs=2e-6)  # float4 column
+        checked += 1
+    assert checked >= 20
+
+
+def test_cli_errors_are_one_line(engine):
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+
+    result = CliRunner().invoke(main, ["classify", "--cohort", "nope", "--dataset", "nope"])
+    assert result.exit_code != 0
+    assert "no dataset named nope" in result.output or "no cohort named nope" in result.output
+    assert "Traceback" not in result.output
+    bad = CliRunner().invoke(main, ["classify", "--cohort", "x", "--dataset", "y", "--threshold", "bogus=1"])
+    assert bad.exit_code != 0 and "bad --threshold" in bad.output
