@@ -1,0 +1,370 @@
+"""Streaming per-neuron activation statistics (pure: tensors in, tensors/frames out; no DB, no files).
+
+Everything here is exact and one-pass, with state whose size does not depend on the number of tokens,
+and mergeable/resumable (``state_dict`` / ``load_state_dict``):
+
+- ``Moments``: count, mean and central moment sums M2..M4 in float64, merged batch by batch with the
+  pairwise formulas of Chan et al. / Pébay (2008). Each batch's moments are taken about its own fp32
+  mean and converted to central form in float64, so nothing cancels catastrophically.
+  ``variance`` is the population variance (ddof 0), ``skew`` the biased sample skewness and
+  ``kurtosis`` the non-excess kurtosis (Gaussian = 3): scipy's ``skew(x)`` and ``kurtosis(x, fisher=False)``.
+- ``Histogram``: counts between fixed edges (numpy ``histogram`` semantics: bins ``[e_i, e_i+1)``, the
+  last one closed, values outside the edges not counted).
+- ``TopK``: the exact k largest values per neuron with their token indices.
+- ``TokenTable``: per vocabulary token and neuron, count, sum and max (mean = sum / count).
+- ``NeuronStatsAccumulator``: all of the above for ``hook_pre`` (moments, min/max, histogram) and
+  ``hook_post`` (mean, max, firing frequency, top-k examples, per-token table) of one model.
+
+Shapes: a batch is ``pre, post: [n_tokens, n_neurons] float32`` (flat neuron = layer * d_mlp + idx),
+``token_ids: [n_tokens] int64`` and ``token_index: [n_tokens] int64`` (row_idx * context_length + position).
+Statistics that are undefined (no tokens; zero variance for skew/kurtosis) are NaN, stored as NULL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+F64 = torch.float64
+HIST_RANGE = (-10.0, 15.0)
+HIST_EDGES = 256
+TINY_VARIANCE = 1e-24  # relative to mean²: below fp32 resolution, the values are constant (skew/kurtosis undefined)
+
+
+def histogram_edges(lo: float = HIST_RANGE[0], hi: float = HIST_RANGE[1], n_edges: int = HIST_EDGES) -> torch.Tensor:
+    """``n_edges`` evenly spaced edges, rounded to float32 (so fp32 comparisons with them are exact)."""
+    return torch.linspace(lo, hi, n_edges, dtype=F64).to(torch.float32)
+
+
+# ---------------------------------------------------------------- moments
+
+class Moments:
+    """Streaming count/mean/M2/M3/M4 of ``[n_tokens, n]`` batches, per column, in float64."""
+
+    def __init__(self, n: int, device: torch.device | str = "cpu"):
+        self.count = 0
+        self.mean = torch.zeros(n, dtype=F64, device=device)
+        self.m2 = torch.zeros_like(self.mean)
+        self.m3 = torch.zeros_like(self.mean)
+        self.m4 = torch.zeros_like(self.mean)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add a batch ``x: [n_tokens, n]`` (any float dtype)."""
+        nb = x.shape[0]
+        if nb == 0:
+            return
+        x = x.float()
+        mean_b = x.sum(dim=0, dtype=F64) / nb  # fp32 values summed in float64
+        shift = mean_b.float()
+        d = x - shift
+        # power sums about the fp32-rounded batch mean, then exact central moments in float64
+        # (m, the rounding of the shift, is tiny: no cancellation)
+        d2 = d * d
+        s2 = d2.sum(dim=0, dtype=F64)
+        s3 = (d2 * d).sum(dim=0, dtype=F64)
+        s4 = (d2 * d2).sum(dim=0, dtype=F64)
+        m = mean_b - shift.to(F64)
+        m2_b = s2 - nb * m * m
+        m3_b = s3 - 3 * m * s2 + 2 * nb * m ** 3
+        m4_b = s4 - 4 * m * s3 + 6 * m * m * s2 - 3 * nb * m ** 4
+        self._merge(nb, mean_b, m2_b.clamp_min(0), m3_b, m4_b.clamp_min(0))
+
+    def merge(self, other: Moments) -> None:
+        self._merge(other.count, other.mean, other.m2, other.m3, other.m4)
+
+    def _merge(self, nb: int, mean_b: torch.Tensor, m2_b: torch.Tensor, m3_b: torch.Tensor, m4_b: torch.Tensor) -> None:
+        na = self.count
+        if nb == 0:
+            return
+        if na == 0:
+            self.count, self.mean, self.m2, self.m3, self.m4 = nb, mean_b.clone(), m2_b.clone(), m3_b.clone(), m4_b.clone()
+            return
+        n = na + nb
+        delta = mean_b - self.mean
+        d_n = delta / n
+        m2a, m3a = self.m2, self.m3
+        self.m4 = (self.m4 + m4_b + delta * d_n ** 3 * na * nb * (na * na - na * nb + nb * nb)
+                   + 6 * d_n ** 2 * (na * na * m2_b + nb * nb * m2a) + 4 * d_n * (na * m3_b - nb * m3a))
+        self.m3 = m3a + m3_b + delta * d_n ** 2 * na * nb * (na - nb) + 3 * d_n * (na * m2_b - nb * m2a)
+        self.m2 = m2a + m2_b + delta * d_n * na * nb
+        self.mean = self.mean + d_n * nb
+        self.count = n
+
+    def finalize(self) -> dict[str, torch.Tensor]:
+        """``{"mean", "variance", "skew", "kurtosis"}`` as float64 tensors (NaN where undefined)."""
+        if self.count == 0:
+            nan = torch.full_like(self.mean, float("nan"))
+            return {"mean": nan, "variance": nan.clone(), "skew": nan.clone(), "kurtosis": nan.clone()}
+        n = self.count
+        var = self.m2 / n
+        constant = var <= TINY_VARIANCE * self.mean * self.mean
+        safe = torch.where(constant, torch.ones_like(var), var)
+        skew = torch.where(constant, torch.nan, (self.m3 / n) / safe ** 1.5)
+        kurt = torch.where(constant, torch.nan, (self.m4 / n) / safe ** 2)
+        return {"mean": self.mean.clone(), "variance": torch.where(constant, torch.zeros_like(var), var),
+                "skew": skew, "kurtosis": kurt}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2, "m3": self.m3, "m4": self.m4}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = int(state["count"])
+        for name in ("mean", "m2", "m3", "m4"):
+            setattr(self, name, state[name].to(self.mean.device))
+
+
+# ---------------------------------------------------------------- histogram
+
+class Histogram:
+    """Counts per column between fixed ``edges`` (``[n_edges]``, increasing): ``counts [n, n_edges - 1]``."""
+
+    def __init__(self, n: int, edges: torch.Tensor, device: torch.device | str = "cpu"):
+        self.edges = edges.to(device=device, dtype=torch.float32)
+        self.n_bins = self.edges.numel() - 1
+        self.counts = torch.zeros(n * self.n_bins, dtype=torch.int64, device=device)
+        self.n = n
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add ``x: [n_tokens, n]``."""
+        if x.shape[0] == 0:
+            return
+        x = x.float()
+        bins = torch.bucketize(x, self.edges, right=True) - 1  # edges[i] <= x < edges[i+1] → i
+        bins = torch.where(x == self.edges[-1], self.n_bins - 1, bins)  # the last bin is closed
+        valid = (bins >= 0) & (bins < self.n_bins)
+        flat = bins + torch.arange(self.n, device=x.device) * self.n_bins
+        self.counts += torch.bincount(flat[valid], minlength=self.n * self.n_bins)
+
+    def result(self) -> torch.Tensor:
+        return self.counts.reshape(self.n, self.n_bins)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"edges": self.edges, "counts": self.counts}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not torch.equal(state["edges"].cpu(), self.edges.cpu()):
+            raise ValueError("checkpoint histogram edges differ from this run's")
+        self.counts = state["counts"].to(self.counts.device)
+
+
+# ---------------------------------------------------------------- top-k
+
+class TopK:
+    """The k largest values per column with their token indices (exact; ties broken by torch.topk)."""
+
+    def __init__(self, n: int, k: int, device: torch.device | str = "cpu"):
+        self.k = k
+        self.values = torch.full((k, n), float("-inf"), dtype=torch.float32, device=device)
+        self.index = torch.full((k, n), -1, dtype=torch.int64, device=device)
+
+    def update(self, x: torch.Tensor, token_index: torch.Tensor) -> None:
+        """Add ``x: [n_tokens, n]`` whose rows are tokens ``token_index: [n_tokens]``."""
+        if x.shape[0] == 0:
+            return
+        kb = min(self.k, x.shape[0])
+        vals, rows = torch.topk(x.float(), kb, dim=0)
+        idx = token_index.to(x.device)[rows]
+        all_vals = torch.cat([self.values, vals], dim=0)
+        all_idx = torch.cat([self.index, idx], dim=0)
+        self.values, pick = torch.topk(all_vals, self.k, dim=0)
+        self.index = torch.gather(all_idx, 0, pick)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"values": self.values, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.values = state["values"].to(self.values.device)
+        self.index = state["index"].to(self.index.device)
+
+
+# ---------------------------------------------------------------- per-token table
+
+class TokenTable:
+    """Per (vocabulary token, column): count, sum and max of the values seen on that token.
+
+    ``sums`` are float64 by default; ``sum_dtype=torch.float32`` halves the memory for large
+    vocabularies × neurons (e.g. GPT-2 on a GPU), at ~1e-6 relative error of the means.
+    """
+
+    MAX_CHUNK_ELEMENTS = 1 << 25  # bounds the [n_tokens, chunk] index tensor of the max scatter
+
+    def __init__(self, n: int, d_vocab: int, device: torch.device | str = "cpu", sum_dtype: torch.dtype = F64):
+        self.n, self.d_vocab = n, d_vocab
+        self.counts = torch.zeros(d_vocab, dtype=torch.int64, device=device)
+        self.sums = torch.zeros(d_vocab, n, dtype=sum_dtype, device=device)
+        self.maxs = torch.full((d_vocab, n), float("-inf"), dtype=torch.float32, device=device)
+
+    def update(self, x: torch.Tensor, token_ids: torch.Tensor) -> None:
+        """Add ``x: [n_tokens, n]`` for tokens ``token_ids: [n_tokens]``."""
+        if x.shape[0] == 0:
+            return
+        token_ids = token_ids.to(x.device)
+        self.counts += torch.bincount(token_ids, minlength=self.d_vocab)
+        self.sums.index_add_(0, token_ids, x.to(self.sums.dtype))
+        chunk = max(1, self.MAX_CHUNK_ELEMENTS // x.shape[0])
+        for start in range(0, self.n, chunk):
+            part = x[:, start:start + chunk].float()
+            index = token_ids[:, None].expand(-1, part.shape[1])
+            self.maxs[:, start:start + chunk].scatter_reduce_(0, index, part, reduce="amax", include_self=True)
+
+    def top_by_mean(self, m: int, min_count: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per column, the ``m`` tokens (seen ≥ ``min_count`` times) with the highest mean.
+
+        Returns ``(token_ids, counts, means, maxs)``, each ``[m', n]`` (``m' = min(m, eligible tokens)``),
+        sorted by mean descending.
+        """
+        eligible = self.counts >= max(1, min_count)
+        m = min(m, int(eligible.sum()))
+        if m == 0:
+            empty = torch.zeros(0, self.n, device=self.sums.device)
+            return empty.long(), empty.long(), empty, empty
+        means = self.sums / self.counts.clamp_min(1)[:, None].to(self.sums.dtype)
+        means = torch.where(eligible[:, None], means, torch.tensor(float("-inf"), dtype=means.dtype, device=means.device))
+        top_means, tok = torch.topk(means, m, dim=0)
+        return tok, self.counts[tok], top_means, torch.gather(self.maxs, 0, tok)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counts": self.counts, "sums": self.sums, "maxs": self.maxs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("counts", "sums", "maxs"):
+            setattr(self, name, state[name].to(getattr(self, name).device))
+
+
+# ---------------------------------------------------------------- everything for one model
+
+@dataclass
+class NeuronStats:
+    """Final statistics of ``n`` neurons (flat index = layer * d_mlp + idx); tensors on the CPU."""
+
+    count: int
+    mean: torch.Tensor  # [n] float64, hook_pre
+    variance: torch.Tensor
+    skew: torch.Tensor
+    kurtosis: torch.Tensor
+    pre_min: torch.Tensor  # [n] float32
+    pre_max: torch.Tensor
+    post_mean: torch.Tensor  # [n] float64
+    post_max: torch.Tensor
+    act_frequency: torch.Tensor  # [n] float64, share of tokens with hook_post > 0
+    histogram: torch.Tensor  # [n, n_bins] int64
+    top_values: torch.Tensor  # [k, n] float32, descending (-inf: fewer than k tokens)
+    top_index: torch.Tensor  # [k, n] int64 token index (row_idx * context_length + position)
+    token_ids: torch.Tensor  # [m, n] int64, by mean descending
+    token_counts: torch.Tensor  # [m, n]
+    token_means: torch.Tensor  # [m, n]
+    token_maxs: torch.Tensor  # [m, n]
+
+    def frames(self, model_id: int, d_mlp: int, context_length: int) -> dict[str, pl.DataFrame]:
+        """Polars frames for ``activation_stats``, ``top_example`` and ``token_activation`` (no run_id)."""
+        n = self.mean.numel()
+        flat = np.arange(n)
+        layer, idx = (flat // d_mlp).astype(np.int16), (flat % d_mlp).astype(np.int32)
+        stats = pl.DataFrame({
+            "model_id": np.full(n, model_id, dtype=np.int64), "layer": layer, "idx": idx,
+            "count": np.full(n, self.count, dtype=np.int64),
+            "mean": self.mean.numpy(), "variance": self.variance.numpy(), "skew": self.skew.numpy(),
+            "kurtosis": self.kurtosis.numpy(),
+            "pre_min": _finite_or_nan(self.pre_min), "pre_max": _finite_or_nan(self.pre_max),
+            "post_mean": self.post_mean.numpy(), "post_max": _finite_or_nan(self.post_max),
+            "act_frequency": self.act_frequency.numpy(),
+            "histogram": pl.Series(self.histogram.numpy().tolist(), dtype=pl.List(pl.Int64)),
+        })
+        k = self.top_values.shape[0]
+        vals, index = self.top_values.numpy(), self.top_index.numpy()
+        keep = np.isfinite(vals) & (index >= 0)  # [k, n]
+        rank = np.broadcast_to(np.arange(1, k + 1)[:, None], vals.shape)
+        neuron = np.broadcast_to(flat[None, :], vals.shape)
+        examples = pl.DataFrame({
+            "model_id": np.full(int(keep.sum()), model_id, dtype=np.int64),
+            "layer": (neuron[keep] // d_mlp).astype(np.int16), "idx": (neuron[keep] % d_mlp).astype(np.int32),
+            "rank": rank[keep].astype(np.int16),
+            "row_idx": (index[keep] // context_length).astype(np.int64),
+            "position": (index[keep] % context_length).astype(np.int16),
+            "value": vals[keep].astype(np.float32),
+        }).sort("layer", "idx", "rank")
+        m = self.token_ids.shape[0]
+        t_neuron = np.broadcast_to(flat[None, :], (m, n)).reshape(-1)
+        tokens = pl.DataFrame({
+            "model_id": np.full(m * n, model_id, dtype=np.int64),
+            "layer": (t_neuron // d_mlp).astype(np.int16), "idx": (t_neuron % d_mlp).astype(np.int32),
+            "token_id": self.token_ids.numpy().reshape(-1).astype(np.int64),
+            "count": self.token_counts.numpy().reshape(-1).astype(np.int64),
+            "mean_act": self.token_means.numpy().reshape(-1).astype(np.float32),
+            "max_act": self.token_maxs.numpy().reshape(-1).astype(np.float32),
+        }).sort("layer", "idx", "mean_act", descending=[False, False, True])
+        return {"activation_stats": stats, "top_example": examples, "token_activation": tokens}
+
+
+def _finite_or_nan(t: torch.Tensor) -> np.ndarray:
+    a = t.double().numpy().copy()
+    a[~np.isfinite(a)] = np.nan
+    return a
+
+
+class NeuronStatsAccumulator:
+    """Streaming statistics of one model's ``n_neurons`` MLP neurons over the kept tokens of a dataset."""
+
+    def __init__(self, n_neurons: int, d_vocab: int, *, top_k: int = 20, edges: torch.Tensor | None = None,
+                 device: torch.device | str = "cpu", token_sum_dtype: torch.dtype = F64):
+        self.n, self.d_vocab, self.top_k = n_neurons, d_vocab, top_k
+        self.device = torch.device(device)
+        self.moments = Moments(n_neurons, self.device)
+        self.histogram = Histogram(n_neurons, histogram_edges() if edges is None else edges, self.device)
+        self.top = TopK(n_neurons, top_k, self.device)
+        self.tokens = TokenTable(n_neurons, d_vocab, self.device, token_sum_dtype)
+        self.pre_min = torch.full((n_neurons,), float("inf"), device=self.device)
+        self.pre_max = torch.full((n_neurons,), float("-inf"), device=self.device)
+        self.post_sum = torch.zeros(n_neurons, dtype=F64, device=self.device)
+        self.post_max = torch.full((n_neurons,), float("-inf"), device=self.device)
+        self.fires = torch.zeros(n_neurons, dtype=torch.int64, device=self.device)
+
+    def update(self, pre: torch.Tensor, post: torch.Tensor, token_ids: torch.Tensor, token_index: torch.Tensor) -> None:
+        """Add kept tokens: ``pre, post: [n_tokens, n_neurons]``, ``token_ids, token_index: [n_tokens]``."""
+        if pre.shape[0] == 0:
+            return
+        pre, post = pre.to(self.device), post.to(self.device)
+        self.moments.update(pre)
+        self.histogram.update(pre)
+        self.pre_min = torch.minimum(self.pre_min, pre.amin(dim=0).float())
+        self.pre_max = torch.maximum(self.pre_max, pre.amax(dim=0).float())
+        self.post_sum += post.sum(dim=0, dtype=F64)
+        self.post_max = torch.maximum(self.post_max, post.amax(dim=0).float())
+        self.fires += (post > 0).sum(dim=0)
+        self.top.update(post, token_index)
+        self.tokens.update(post, token_ids)
+
+    def finalize(self, top_tokens: int = 100, min_token_count: int = 1) -> NeuronStats:
+        m = self.moments.finalize()
+        count = self.moments.count
+        denom = float(count) if count else float("nan")
+        tok, cnt, means, maxs = self.tokens.top_by_mean(top_tokens, min_token_count)
+        cpu = lambda t: t.detach().cpu()  # noqa: E731
+        return NeuronStats(
+            count=count, mean=cpu(m["mean"]), variance=cpu(m["variance"]), skew=cpu(m["skew"]),
+            kurtosis=cpu(m["kurtosis"]), pre_min=cpu(self.pre_min), pre_max=cpu(self.pre_max),
+            post_mean=cpu(self.post_sum / denom), post_max=cpu(self.post_max),
+            act_frequency=cpu(self.fires.double() / denom), histogram=cpu(self.histogram.result()),
+            top_values=cpu(self.top.values), top_index=cpu(self.top.index),
+            token_ids=cpu(tok), token_counts=cpu(cnt), token_means=cpu(means).double(), token_maxs=cpu(maxs),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "moments": self.moments.state_dict(), "histogram": self.histogram.state_dict(),
+            "top": self.top.state_dict(), "tokens": self.tokens.state_dict(),
+            "pre_min": self.pre_min, "pre_max": self.pre_max, "post_sum": self.post_sum,
+            "post_max": self.post_max, "fires": self.fires,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.moments.load_state_dict(state["moments"])
+        self.histogram.load_state_dict(state["histogram"])
+        self.top.load_state_dict(state["top"])
+        self.tokens.load_state_dict(state["tokens"])
+        for name in ("pre_min", "pre_max", "post_sum", "post_max", "fires"):
+            setattr(self, name, state[name].to(self.device))
