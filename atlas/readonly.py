@@ -162,6 +162,28 @@ def reader_engine(url: str | None = None) -> Engine:
 
 # ---------------------------------------------------------------- the SQL page
 
+# Starting points shown on the SQL page (and in docs/queries.md); all use the documented views.
+SQL_EXAMPLES: dict[str, str] = {
+    "Universal neurons, strongest first": (
+        "SELECT model, layer, idx, round(excess::numeric, 3) AS excess, round(mean_corr::numeric, 3) AS mean_corr,\n"
+        "       round(mean_baseline::numeric, 3) AS baseline, labels\n"
+        "FROM universal_neuron\nORDER BY excess DESC\nLIMIT 50"),
+    "Universal share per layer": (
+        "SELECT model, layer, n_neurons, n_universal, round(100 * universal_share::numeric, 2) AS percent\n"
+        "FROM layer_universality\nORDER BY model, layer"),
+    "Which neurons fire on ' the'?": (
+        "SELECT model, layer, idx, mean_act, max_act\nFROM token_neuron\nWHERE token = ' the'\n"
+        "ORDER BY mean_act DESC\nLIMIT 20"),
+    "A neuron's top examples as text": (
+        "SELECT rank, round(value::numeric, 3) AS value, before, token, after\nFROM top_example_text\n"
+        "WHERE model = (SELECT name FROM model ORDER BY id LIMIT 1) AND layer = 0 AND idx = 3\nORDER BY rank"),
+    "Best partner in every other seed": (
+        "SELECT model, layer, idx, other_model, best_layer, best_idx, max_corr, baseline_max\nFROM best_partner\n"
+        "WHERE max_corr > 0.8\nORDER BY max_corr DESC\nLIMIT 50"),
+    "Family members": (
+        "SELECT family, model, layer, idx, score\nFROM family_members\nORDER BY family, model, layer, idx"),
+}
+
 @dataclass(frozen=True)
 class SqlResult:
     """A read-only query's rows (at most the cap), whether more were left, and how long it took."""

@@ -1,0 +1,33 @@
+"""Neuron Atlas UI: ``atlas ui`` runs ``streamlit run ui/app.py`` as the read-only role.
+
+Pages (ui/views/, URL paths in brackets; not named pages/, which would switch Streamlit to its
+file-based navigation): overview [/], universal neurons [/universal], neuron [/neuron,
+with ?model=&layer=&idx=], families [/families], search by token [/search], runs [/runs],
+SQL [/sql]. Every page reads through ``atlas.queries`` only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+HERE = Path(__file__).parent
+
+st.set_page_config(page_title="Neuron Atlas", page_icon="🧠", layout="wide")
+
+PAGES = [
+    st.Page(HERE / "views" / "overview.py", title="Overview", icon=":material/home:", url_path="overview", default=True),
+    st.Page(HERE / "views" / "universal.py", title="Universal neurons", icon=":material/hub:", url_path="universal"),
+    st.Page(HERE / "views" / "neuron.py", title="Neuron", icon=":material/psychology:", url_path="neuron"),
+    st.Page(HERE / "views" / "families.py", title="Families", icon=":material/groups:", url_path="families"),
+    st.Page(HERE / "views" / "search.py", title="Search by token", icon=":material/search:", url_path="search"),
+    st.Page(HERE / "views" / "runs.py", title="Runs", icon=":material/schedule:", url_path="runs"),
+    st.Page(HERE / "views" / "sql.py", title="SQL (read-only)", icon=":material/database:", url_path="sql"),
+]
+
+navigation = st.navigation(PAGES)
+with st.sidebar:
+    st.caption("Universal neurons across training seeds — after Gurnee et al. (2024). "
+               "Read-only view of the atlas database.")
+navigation.run()

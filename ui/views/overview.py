@@ -1,0 +1,74 @@
+"""Overview: models, cohorts, datasets, runs; universal share per layer; max-corr vs baseline."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from atlas import queries
+from ui import common
+
+common.page_header("Neuron Atlas", "Which MLP neurons does every training seed learn, and what do they do?")
+eng = common.engine()
+common.require_data(eng)
+
+models = queries.models(eng)
+cohorts = queries.cohorts(eng)
+runs = queries.runs(eng, limit=500)
+threshold = st.sidebar.slider("Universality threshold (excess correlation)", 0.0, 1.0, 0.5, 0.05,
+                              help="A reference neuron is universal when mean best-partner correlation minus the "
+                                   "random-rotation baseline exceeds this (the paper: 0.5).")
+layers = queries.layer_universality(eng, threshold=threshold)
+
+c1, c2, c3, c4, c5 = st.columns(5)
+c1.metric("Models", models.height)
+c2.metric("Cohorts", cohorts.height)
+c3.metric("Neurons", f"{int(models['n_neurons'].sum()):,}")
+n_univ = int(layers["n_universal"].sum()) if layers.height else 0
+n_corr = int(layers["n_neurons"].sum()) if layers.height else 0
+c4.metric("Universal neurons", f"{n_univ:,}", help=f"excess > {threshold:g}, over {n_corr:,} correlated reference neurons")
+c5.metric("Runs done", int((runs["status"] == "done").sum()) if runs.height else 0,
+          delta=f"{int((runs['status'] == 'running').sum())} running" if runs.height else None, delta_color="off")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Universal share per layer")
+    if layers.height:
+        st.altair_chart(common.share_chart(layers), width="stretch")
+        st.caption("The paper finds a U shape: most universal neurons in the first and last layers.")
+    else:
+        common.nothing_yet("No correlation run yet: run `atlas correlate` on a cohort.")
+with right:
+    st.subheader("Mean max-correlation vs baseline")
+    dist = queries.correlation_distribution(eng, bins=40)
+    if dist.height:
+        st.altair_chart(common.distribution_chart(dist), width="stretch")
+        st.caption("Per reference neuron: mean over partners of the best correlation (red) and of the best "
+                   "correlation with a randomly rotated partner (grey). Universal neurons sit far right of the baseline.")
+    else:
+        common.nothing_yet("No correlations yet.")
+
+props = queries.universal_properties(eng, threshold=threshold)
+if props.height and props["n_universal"].sum() > 0:
+    st.subheader("What distinguishes universal neurons")
+    st.altair_chart(common.properties_chart(props), width="stretch")
+    st.caption("Median within-layer percentile of each property: universal neurons (red) vs the rest. The paper: "
+               "high skew and kurtosis, rarely firing, negative input bias.")
+
+st.subheader("Cohorts")
+st.dataframe(cohorts.drop("cohort_id"), hide_index=True, width="stretch",
+             column_config={"models": st.column_config.ListColumn("models")})
+st.subheader("Models")
+st.dataframe(models.drop("model_id"), hide_index=True, width="stretch")
+ds = queries.datasets(eng)
+if ds.height:
+    st.subheader("Datasets")
+    st.dataframe(ds.drop("dataset_id"), hide_index=True, width="stretch")
+st.subheader("Latest runs")
+st.dataframe(runs.head(10).select("run_id", "kind", "status", "model", "cohort", "dataset", "progress", "seconds", "error"),
+             hide_index=True, width="stretch",
+             column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
+st.page_link("views/runs.py", label="All runs and live progress →")
+summary = queries.layer_summary(eng, threshold=threshold)
+with st.expander("Per-layer summary"):
+    st.dataframe(summary, hide_index=True, width="stretch")
+    common.downloads(summary, "layer_summary", "overview-summary")

@@ -1,0 +1,70 @@
+"""Universal neurons: filter by cohort, layer, label, family and threshold; sort; open a neuron."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from atlas import queries
+from ui import common
+
+common.page_header("Universal neurons",
+                   "Reference neurons whose activations every other seed reproduces: excess correlation = mean over "
+                   "partners of the best correlation minus the random-rotation baseline.")
+eng = common.engine()
+common.require_data(eng)
+
+cohorts = queries.cohorts(eng)
+labels = queries.label_names(eng)
+families = queries.families(eng)
+max_layers = int(queries.models(eng)["n_layers"].max() or 1)
+
+f1, f2, f3, f4 = st.columns([2, 2, 2, 3])
+cohort = f1.selectbox("Cohort", ["all", *cohorts["cohort"].to_list()], key="cohort", bind="query-params")
+label = f2.selectbox("Label", ["any", *labels], key="label", bind="query-params")
+family = f3.selectbox("Family", ["any", *(families["family"].to_list() if families.height else [])], key="family",
+                      bind="query-params")
+threshold = f4.slider("Excess correlation above", 0.0, 1.0, 0.5, 0.05, key="threshold", bind="query-params")
+g1, g2, g3 = st.columns([4, 2, 1])
+layers = g1.multiselect("Layers", list(range(max_layers)), key="layers", placeholder="all layers")
+order_by = g2.selectbox("Sort by", list(queries.UNIVERSAL_ORDER), key="sort")
+limit = int(g3.number_input("Show at most", 10, 100_000, 2000, step=100, key="limit"))
+
+table = queries.universal_neurons(
+    eng, threshold=threshold, cohort=None if cohort == "all" else cohort, layer=layers or None,
+    label=None if label == "any" else label, family=None if family == "any" else family,
+    order_by=order_by, limit=limit)
+
+if table.height == 0:
+    has_correlation = queries.layer_universality(eng).height > 0
+    if has_correlation:
+        st.info("No neuron passes these filters — lower the threshold or clear a filter.")
+    else:
+        common.nothing_yet("No correlation run yet, so no neuron can be universal.")
+    st.stop()
+
+st.caption(f"{table.height:,} neurons{' (limit reached)' if table.height >= limit else ''}. "
+           "Click **open ↗** for a neuron's page (a shareable link), or select a row.")
+shown = common.with_links(table)
+event = st.dataframe(
+    shown, hide_index=True, width="stretch", height=min(38 + 35 * shown.height, 640), key="universal-table",
+    on_select="rerun", selection_mode="single-row",
+    column_config={
+        "neuron": common.link_column(),
+        "excess": st.column_config.ProgressColumn("excess", min_value=0.0, max_value=1.0, format="%.3f"),
+        "mean_corr": st.column_config.NumberColumn("mean corr", format="%.3f"),
+        "min_corr": st.column_config.NumberColumn("min corr", format="%.3f"),
+        "max_corr": st.column_config.NumberColumn("max corr", format="%.3f"),
+        "mean_baseline": st.column_config.NumberColumn("baseline", format="%.3f"),
+        "act_frequency": st.column_config.NumberColumn("firing rate", format="percent"),
+        "skew": st.column_config.NumberColumn(format="%.2f"),
+        "kurtosis": st.column_config.NumberColumn(format="%.2f"),
+        "w_out_norm": st.column_config.NumberColumn("‖w_out‖", format="%.2f"),
+        "input_bias": st.column_config.NumberColumn("input bias", format="%.2f"),
+        "labels": st.column_config.ListColumn("labels"),
+    })
+rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
+if rows:
+    chosen = table.row(rows[0], named=True)
+    st.switch_page("views/neuron.py", query_params={"model": chosen["model"], "layer": chosen["layer"],
+                                                    "idx": chosen["idx"]})
+common.downloads(table, "universal_neurons", "universal")
