@@ -70,7 +70,7 @@ def vocab_composition(W_out: torch.Tensor, W_U: torch.Tensor, *, chunk: int = 10
         out["top"].append(logits.argmax(1))
         out["bottom"].append(logits.argmin(1))
         out["norm"].append(norm)
-    cat = {k: torch.cat(v) for k, v in out.items()}
+    cat = {k: torch.cat(v).cpu() for k, v in out.items()}  # results on the CPU, whatever device computed them
     return VocabComposition(mean=cat["mean"], var=cat["var"], skew=cat["skew"], kurtosis=cat["kurtosis"],
                             var_ratio=cat["var"] / baseline, top_token=cat["top"], bottom_token=cat["bottom"],
                             norm=cat["norm"])
@@ -155,7 +155,7 @@ def entropy_candidates(layer: torch.Tensor, w_out_norm: torch.Tensor, vocab_var_
     ``layer/(n_layers−1) ≥ min_depth``, ``‖w_out‖ ≥ norm_ratio ×`` its layer's median and
     composition variance ``≤ max_var_ratio ×`` a random direction's. Returns ``candidate`` (bool)
     and ``norm_ratio`` (‖w_out‖ / layer median), each ``[n]``."""
-    layer = layer.long()
+    layer, w_out_norm, vocab_var_ratio = layer.long().cpu(), w_out_norm.cpu(), vocab_var_ratio.cpu()
     ratio = torch.empty_like(w_out_norm, dtype=torch.float64)
     for l in layer.unique():
         m = layer == l

@@ -52,7 +52,7 @@ def _store_correlation(engine, cohort_id: int, dataset_id: int, ids: list[int], 
 
 
 @pytest.fixture
-def classified(engine, tiny_cohort):
+def classified(engine, tiny_cohort, atlas_home):
     from ingest.activations import kept_token_mask
     from ingest.classify import ClassifyConfig, classify
     from ingest.models import load_model
@@ -186,3 +186,37 @@ def test_cli_errors_are_one_line(engine):
     assert "Traceback" not in result.output
     bad = CliRunner().invoke(main, ["classify", "--cohort", "x", "--dataset", "y", "--threshold", "bogus=1"])
     assert bad.exit_code != 0 and "bad --threshold" in bad.output
+
+
+def test_killed_run_resumes_from_checkpoint(engine, tiny_cohort, atlas_home, tmp_path):
+    import shutil
+
+    from atlas.errors import AtlasError
+    from ingest.classify import ClassifyConfig, classify
+    from ingest.models import load_model
+    from ingest.store import register_model
+
+    info = tiny_cohort.store_dataset(engine)
+    copy = tmp_path / "models" / tiny_cohort.names[1]
+    shutil.copytree(tiny_cohort.paths[1], copy)
+    register_model(engine, load_model(str(tiny_cohort.paths[0])), cohort="pair", seed_label="a")
+    register_model(engine, load_model(str(copy)), cohort="pair", seed_label="b")
+    config = ClassifyConfig(min_token_count=3, batch_size=32, max_rows=64)
+
+    copy.rename(tmp_path / "gone")  # the second model's checkpoint disappears mid-run
+    with pytest.raises(AtlasError, match="no model checkpoint directory"):
+        classify(engine, info.name, cohort="pair", config=config, log=lambda m: None)
+    with engine.connect() as conn:
+        status, error = conn.execute(sa.text("SELECT status, error FROM run WHERE kind = 'classify'")).one()
+    assert status == "failed" and "no model checkpoint directory" in error
+    assert list((atlas_home / "checkpoints").glob("classify-*.pt"))
+
+    (tmp_path / "gone").rename(copy)
+    messages: list[str] = []
+    run_id = classify(engine, info.name, cohort="pair", config=config, log=messages.append)
+    assert any("restored from checkpoint" in m for m in messages)
+    with engine.connect() as conn:
+        status = conn.execute(sa.text("SELECT status FROM run WHERE id = :i"), {"i": run_id}).scalar_one()
+        models = conn.execute(sa.text("SELECT DISTINCT model_id FROM neuron_feature WHERE run_id = :i"), {"i": run_id}).all()
+    assert status == "done" and len(models) == 2
+    assert not list((atlas_home / "checkpoints").glob(f"classify-{run_id}-*.pt"))
