@@ -7,7 +7,6 @@ import json
 
 import polars as pl
 import pytest
-import torch
 
 from ingest.families import LabelThresholds, build_families, label_neurons, syntax_status, topic_match
 
