@@ -126,6 +126,117 @@ def db_url(show_password: bool) -> None:
     click.echo(url if show_password else redact(url))
 
 
+# ---------------------------------------------------------------- ingestion: zoo, datasets, ingest, demo
+
+@main.group()
+def zoo() -> None:
+    """The demo seed cohort: small GPT-2-style models trained here."""
+
+
+@zoo.command("train")
+@click.option("--name", default="demo", show_default=True, help="Cohort name (models are NAME-a, NAME-b, ...).")
+@click.option("--seeds", default=5, show_default=True, help="Number of seeds (1..N).")
+@click.option("--train-tokens", type=int, default=None, help="Training tokens per seed (default: the demo recipe's).")
+@click.option("--data-order", type=click.Choice(["seed", "shared"]), default="seed", show_default=True,
+              help="seed: each seed also shuffles the data (like the paper's cohorts); shared: only the init differs.")
+@click.option("--input", "inputs", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Train on these text files instead of the demo corpus (repeatable).")
+@click.option("--force", is_flag=True, help="Retrain even when cached checkpoints exist.")
+def zoo_train(name: str, seeds: int, train_tokens: int | None, data_order: str, inputs: tuple[str, ...], force: bool) -> None:
+    """Train the tokenizer and one model per seed; cached under ATLAS_HOME/models/NAME."""
+    from dataclasses import replace
+
+    from ingest.corpus import fetch_demo_corpus, read_documents
+    from ingest.tokens import iter_file_documents
+    from ingest.zoo import DEMO, train_cohort
+
+    if seeds < 1:
+        raise AtlasError("--seeds must be at least 1")
+    config = replace(DEMO, name=name, seeds=tuple(range(1, seeds + 1)), data_order=data_order)
+    if train_tokens is not None:
+        config = replace(config, train_tokens=train_tokens)
+    docs = list(iter_file_documents(inputs)) if inputs else read_documents(fetch_demo_corpus().train)
+    trained = train_cohort(config, docs, force=force, log=click.echo)
+    for path, label in zip(trained.paths, trained.labels):
+        cached = " (cached)" if trained.seconds.get(path.name) == 0 else ""
+        click.echo(f"{label}: {path}{cached}")
+
+
+@main.group()
+def dataset() -> None:
+    """Token datasets: context rows that statistics and examples point into."""
+
+
+@dataset.command("build")
+@click.argument("name")
+@click.option("--tokenizer", "tokenizer_source", default=None, help="Tokenizer directory (or a checkpoint dir / hub name).")
+@click.option("--model", "model_source", default=None, help="Take the tokenizer (and n_ctx limit) of this model.")
+@click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False),
+              help="Text (.txt: one document per file), JSONL (.jsonl: a 'text' field per line) or Parquet files.")
+@click.option("--hf-dataset", default=None, help="A Hugging Face dataset name (online), streamed.")
+@click.option("--split", default="train", show_default=True, help="Split of --hf-dataset.")
+@click.option("--text-field", default="text", show_default=True, help="Field/column holding the text.")
+@click.option("--context-length", default=128, show_default=True, help="Tokens per row, BOS included.")
+@click.option("--max-tokens", type=int, default=None, help="Stop after this many tokens (rows × context length).")
+@click.option("--shuffle-seed", type=int, default=None, help="Shuffle the documents with this seed first.")
+@click.option("--force", is_flag=True, help="Replace a different dataset of the same name (and its runs).")
+def dataset_build(name, tokenizer_source, model_source, inputs, hf_dataset, split, text_field, context_length,
+                  max_tokens, shuffle_seed, force) -> None:
+    """Tokenise a corpus into rows of BOS + tokens (documents separated by EOS) and store them as NAME."""
+    from atlas import db as dbm
+    from ingest.tokens import build_dataset
+
+    engine = dbm.connect(migrate=True)
+    info = build_dataset(engine, name, tokenizer_source=tokenizer_source, model_source=model_source, inputs=inputs,
+                         hf_dataset=hf_dataset, hf_split=split, text_field=text_field, context_length=context_length,
+                         max_tokens=max_tokens, shuffle_seed=shuffle_seed, force=force)
+    click.echo(f"dataset {info.name}: {info.n_rows:,} rows × {info.context_length} = {info.n_tokens:,} tokens "
+               f"({info.n_kept_tokens:,} kept by the filter rule), {info.content_hash}")
+
+
+@main.command("ingest")
+@click.option("--model", "source", required=True, help="Hub name (EleutherAI/pythia-160m) or local checkpoint directory.")
+@click.option("--name", default=None, help="Model name in the atlas (default: hub name or directory name).")
+@click.option("--cohort", default=None, help="Cohort the model belongs to (created if new).")
+@click.option("--seed-label", default=None, help="The model's seed label within its cohort (e.g. a).")
+@click.option("--dataset", "dataset_name", default=None, help="Token dataset to stream (see `atlas dataset build`).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--batch-size", default=16, show_default=True, help="Context rows per forward pass.")
+@click.option("--top-k", default=20, show_default=True, help="Top activating examples kept per neuron.")
+@click.option("--top-tokens", default=100, show_default=True, help="Vocabulary tokens kept per neuron (by mean activation).")
+@click.option("--checkpoint-every", default=1_000_000, show_default=True, help="Tokens between checkpoints.")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--force", is_flag=True, help="Recompute even when the same run is done.")
+@click.option("--weights/--no-weights", default=True, show_default=True, help="Compute weight statistics.")
+@click.option("--stats/--no-stats", default=True, show_default=True, help="Compute activation statistics.")
+@click.option("--batch-delay", type=float, default=0.0, hidden=True)
+def ingest_cmd(source, name, cohort, seed_label, dataset_name, device, batch_size, top_k, top_tokens, checkpoint_every,
+               resume, force, weights, stats, batch_delay) -> None:
+    """Per-neuron statistics of one model: weights, and one streaming pass over a dataset."""
+    from atlas import db as dbm
+    from ingest.ingest_run import StatsOptions, ingest_model
+
+    engine = dbm.connect(migrate=True)
+    options = StatsOptions(top_k=top_k, top_tokens=top_tokens, batch_size=batch_size,
+                           checkpoint_every=checkpoint_every, batch_delay=batch_delay)
+    for outcome in ingest_model(engine, source, dataset=dataset_name, name=name, cohort=cohort, seed_label=seed_label,
+                                device=device, options=options, force=force, resume=resume, weights=weights,
+                                stats=stats):
+        click.echo(outcome.describe())
+
+
+@main.command()
+@click.option("--seeds", type=int, default=None, help="Seeds of the demo cohort (default 5).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+def demo(seeds: int | None, device: str) -> None:
+    """Train the demo cohort (cached), build the demo dataset, ingest every model; then the later steps."""
+    from atlas import db as dbm
+    from ingest.ingest_run import demo_ingest
+
+    engine = dbm.connect(migrate=True)
+    demo_ingest(engine, seeds=seeds, device=device, log=click.echo)
+
+
 # ---------------------------------------------------------------- status
 
 @main.command()
