@@ -26,7 +26,7 @@ def _int(value: str | None) -> int | None:
 # The URL names the neuron (?model=&layer=&idx=) and always carries all three, so a copied link
 # opens this neuron whatever else is in the atlas. A new URL (first load, a shared link, a link
 # from another page) sets the pickers; changing a picker rewrites the URL.
-url = (st.query_params.get("model"), st.query_params.get("layer"), st.query_params.get("idx"))
+url = requested = (st.query_params.get("model"), st.query_params.get("layer"), st.query_params.get("idx"))
 if st.session_state.get("_neuron_url") != url or "n_model" not in st.session_state:
     st.session_state["_neuron_url"] = url
     if url[0] is None:  # no neuron named: start at the most universal one
@@ -49,7 +49,7 @@ idx = int(pick[2].number_input("Neuron", min_value=0, max_value=d_mlp - 1, step=
 before = int(pick[3].slider("Context tokens before the activating token", 1, 48, 12, key="context"))
 after = max(2, before // 3)
 shown_url = (model, str(layer), str(idx))
-if shown_url != url:
+if shown_url != requested:
     st.query_params.update({"model": model, "layer": str(layer), "idx": str(idx)})
     st.session_state["_neuron_url"] = shown_url
 

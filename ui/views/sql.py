@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from atlas import readonly
+from atlas import queries, readonly
 from atlas.errors import AtlasError
 from ui import common
 
 common.page_header("SQL", "Ask the atlas anything in SQL. Runs as the read-only role: one query (SELECT / WITH / "
                           "VALUES / TABLE), a timeout, and a row cap. Views are documented in docs/queries.md.")
 eng = common.engine()
+if queries.is_empty(eng):
+    st.info(f"The atlas is empty: queries will return no rows. {common.RUN_HINT}", icon=":material/explore:")
 
 with st.expander("Examples"):
     for title, example in readonly.SQL_EXAMPLES.items():

@@ -1,0 +1,174 @@
+"""Every UI page, run headless with Streamlit's AppTest against a real PostgreSQL: on the synthetic
+atlas and on an empty one. The pages connect as the read-only role, as under ``atlas ui``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from streamlit.testing.v1 import AppTest
+
+from atlas import readonly
+from tests.atlas_fixtures import build_synthetic_atlas
+
+APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
+PAGES = ["views/overview.py", "views/universal.py", "views/neuron.py", "views/families.py", "views/search.py",
+         "views/runs.py", "views/sql.py"]
+
+
+@pytest.fixture
+def ui_env(engine, monkeypatch):
+    """The environment `atlas ui` gives the app (ATLAS_DATABASE_URL is already the test database)."""
+    for name in ("ATLAS_READER_URL", "ATLAS_READER_ROLE", "ATLAS_READER_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    yield engine
+    from ui import common
+
+    common._reader_engine.clear()
+    url = readonly.reader_url(engine.url.render_as_string(hide_password=False))
+    readonly.reader_engine(url).dispose()
+    readonly.drop_reader(engine)
+
+
+@pytest.fixture
+def atlas(ui_env):
+    return build_synthetic_atlas(ui_env)
+
+
+def _open(page: str, **query: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.query_params.clear()
+    at.query_params.update(query)
+    return at.switch_page(page).run()
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
+    parts += [e.value for e in at.error] + [w.value for w in at.warning]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_on_an_empty_atlas_says_what_to_run(ui_env, page):
+    at = _open(page)
+    _ok(at)
+    assert "make demo" in _text(at), page
+
+
+def test_overview(atlas):
+    at = _open("views/overview.py")
+    _ok(at)
+    assert [m.value for m in at.metric][:4] == ["3", "1", "96", "5"]
+    assert {"Universal share per layer", "Mean max-correlation vs baseline", "Cohorts", "Models"} <= {
+        s.value for s in at.subheader}
+    assert len(at.get("vega_lite_chart")) >= 2
+    models = at.dataframe[1].value
+    assert list(models["model"]) == ["synth-a", "synth-b", "synth-c"]
+    at.sidebar.slider[0].set_value(0.9).run()  # threshold
+    assert at.metric[3].value == "0"
+
+
+def test_universal_list_and_filters(atlas):
+    at = _open("views/universal.py")
+    _ok(at)
+    table = at.dataframe[0].value
+    assert len(table) == 5 and list(table["neuron"])[0].startswith("neuron?model=synth-a&layer=")
+    assert list(table["excess"]) == sorted(table["excess"], reverse=True)
+    at.selectbox(key="label").set_value("unigram").run()
+    assert len(at.dataframe[0].value) == 3
+    at.selectbox(key="label").set_value("any").run()
+    at.slider(key="threshold").set_value(0.95).run()
+    assert not at.dataframe and "No neuron passes" in _text(at)
+
+
+def test_neuron_page_opens_the_neuron_named_in_the_url(atlas):
+    layer, idx = atlas.planted["the"]["synth-b"]
+    at = _open("views/neuron.py", model="synth-b", layer=str(layer), idx=str(idx))
+    _ok(at)
+    text = _text(at)
+    assert f"synth-b · L{layer} · N{idx}" in text and "unigram" in text
+    assert {"Activation histogram", "Vocabulary effects", "Top activating examples", "Best partner in every other seed",
+            "Labels and evidence"} <= {s.value for s in at.subheader}
+    partner_links = [link.label for link in at.get("page_link")]
+    ref_layer, ref_idx = atlas.planted["the"]["synth-a"]
+    assert f"synth-a · L{ref_layer} · N{ref_idx}" in partner_links  # best partner in the other seed, linked
+    assert at.query_params == {"model": "synth-b", "layer": str(layer), "idx": str(idx)}
+    # the examples highlight ' the' at the activating position
+    assert "outline" in text and ">the<" in text.replace("&nbsp;", " ").replace("> the<", ">the<")
+    # picking another neuron rewrites the URL (all three parameters, so it can be shared)
+    at.number_input(key="n_idx").set_value((idx + 1) % 16).run()
+    _ok(at)
+    assert at.query_params == {"model": "synth-b", "layer": str(layer), "idx": str((idx + 1) % 16)}
+    # the context-width control changes the window
+    at.slider(key="context").set_value(2).run()
+    _ok(at)
+
+
+def test_neuron_page_without_parameters_and_with_a_bad_link(atlas):
+    at = _open("views/neuron.py")
+    _ok(at)
+    assert at.query_params["model"] == "synth-a"  # starts at the most universal neuron, URL filled in
+    at = _open("views/neuron.py", model="no-such-model", layer="0", idx="0")
+    _ok(at)
+    assert "No model named 'no-such-model'" in _text(at)
+    at = _open("views/neuron.py", model="synth-a", layer="7", idx="999")  # out of range: clamped
+    _ok(at)
+    assert at.query_params == {"model": "synth-a", "layer": "1", "idx": "15"}
+
+
+def test_families_page(atlas):
+    at = _open("views/families.py")
+    _ok(at)
+    assert len(at.dataframe) == 3 and len(at.dataframe[1].value) == 5
+    family_id = int(at.dataframe[1].value["family_id"].iloc[-1])
+    at = _open("views/families.py", family=str(family_id))
+    _ok(at)
+    members = at.dataframe[2].value
+    assert len(members) == 3 and set(members["model"]) == {"synth-a", "synth-b", "synth-c"}
+
+
+def test_search_page(atlas):
+    at = _open("views/search.py", q=" the")
+    at.radio(key="match").set_value("exact").run()
+    _ok(at)
+    hits = at.dataframe[0].value
+    planted = {(m, *atlas.planted["the"][m]) for m in ("synth-a", "synth-b", "synth-c")}
+    top3 = {(r.model, r.layer, r.idx) for r in hits.head(3).itertuples()}
+    assert top3 == planted
+    at.text_input(key="q").input("' OR 1=1; DROP TABLE model; --").run()
+    _ok(at)
+    assert "No vocabulary token matches" in _text(at)
+
+
+def test_runs_page_shows_progress_and_failures(atlas):
+    at = _open("views/runs.py")
+    _ok(at)
+    assert any("out of memory" in e.value for e in at.error)
+    assert [m.value for m in at.metric] == ["1", "0", "8", "1"]  # running, queued, done, failed
+    assert len(at.get("progress")) == 1 and at.get("progress")[0].value == 30
+
+
+def test_sql_page_answers_queries_and_refuses_writes(atlas, ui_env):
+    at = _open("views/sql.py")
+    _ok(at)
+    at.text_area(key="statement").set_value("SELECT model, layer, idx FROM universal_neuron")
+    at.button[0].click().run()  # a form: set the text and submit in one run
+    _ok(at)
+    assert len(at.dataframe[0].value) == 5
+    for attack in ("DROP TABLE model", "SELECT 1; DELETE FROM run", "UPDATE model SET name = 'evil'",
+                   "INSERT INTO cohort (name) VALUES ('evil')", "CREATE TABLE evil (x int)"):
+        at.text_area(key="statement").set_value(attack)
+        at.button[0].click().run()
+        _ok(at)
+        assert at.error and ("refused" in at.error[0].value or "one statement" in at.error[0].value), attack
+        assert not at.dataframe
+    with ui_env.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM model WHERE name LIKE 'synth-%'")).scalar_one() == 3
+        assert conn.execute(sa.text("SELECT count(*) FROM run")).scalar_one() == 10
+        assert conn.execute(sa.text("SELECT count(*) FROM cohort")).scalar_one() == 1
