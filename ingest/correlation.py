@@ -118,6 +118,16 @@ def accumulator_bytes(n_ref: int, partner_shapes: Sequence[Shape], *, buffered: 
     return cross + within + vectors + scratch
 
 
+def batch_workspace_bytes(n_tokens: int, n_ref: int, partner_sizes: Sequence[int], *, in_bytes: int = 2,
+                          store_bytes: int = 2) -> int:
+    """Device bytes one ``update`` of ``n_tokens`` needs besides the accumulators: the models'
+    activations (``in_bytes`` each), their standardised copies (``store_bytes``) and one model's
+    float32 scratch, with a margin of a half for allocator slack."""
+    n_all = n_ref + sum(partner_sizes)
+    largest = max(n_ref, *partner_sizes)
+    return int(1.5 * n_tokens * (n_all * (in_bytes + store_bytes) + 2 * 4 * largest))
+
+
 def default_budget_bytes(device: str | torch.device, reserve_bytes: int | None = None) -> int:
     """Bytes the accumulators may take: free device memory (CUDA) or half the available RAM (CPU),
     less ``reserve_bytes`` for models, activations and finalisation scratch."""
@@ -431,8 +441,7 @@ class CohortCorrelation:
         self.inv_scale_partner: torch.Tensor | None = None
         self.S_ref = torch.zeros(n_ref, dtype=f64, device=dev)
         self.Q_ref = torch.zeros(n_ref, dtype=f64, device=dev)
-        self.S_partner = torch.zeros(n_part, dtype=f64, device=dev)
-        self.Q_partner = torch.zeros(n_part, dtype=f64, device=dev)
+        self.S_partner = torch.zeros(n_part, dtype=f64, device=dev)  # Σy² of partners: diag of C_total
         self.P_total = torch.zeros(n_ref, n_part, dtype=total_dtype, device=dev)
         self.P_partial = torch.zeros(n_ref, n_part, dtype=torch.float32, device=dev) if self.buffered else None
         self.C_total = [torch.zeros(l, d, d, dtype=total_dtype, device=dev) for l, d in self.partner_shapes]
@@ -475,15 +484,17 @@ class CohortCorrelation:
             self._warm_up(ref, parts)
         half = _HALF.get(self.precision)
         y_ref, y_part, peak = self._standardize(ref, parts, half)
-        if half is torch.float16 and peak.item() >= _FP16_SAFE:  # an outlier beyond fp16's range
+        if peak is not None and peak.item() >= _FP16_SAFE:  # an outlier beyond fp16's range
             self.n_overflow_batches += 1
             y_ref, y_part, _ = self._standardize(ref, parts, torch.bfloat16)
         del ref, parts
 
-        self.S_ref += y_ref.sum(0, dtype=torch.float64)
-        self.Q_ref += torch.linalg.vector_norm(y_ref, dim=0, dtype=torch.float64).square()
-        self.S_partner += y_part.sum(0, dtype=torch.float64)
-        self.Q_partner += torch.linalg.vector_norm(y_part, dim=0, dtype=torch.float64).square()
+        # per-batch float32 sums (pairwise summation inside torch), added into float64 totals
+        self.S_ref += y_ref.sum(0, dtype=torch.float32)
+        y_ref32 = y_ref if y_ref.dtype == torch.float32 else y_ref.float()
+        self.Q_ref += torch.mul(y_ref32, y_ref32).sum(0)
+        del y_ref32
+        self.S_partner += y_part.sum(0, dtype=torch.float32)
 
         if self._gemm_mode is None:
             self._gemm_mode = self._choose_gemm_mode()
@@ -515,29 +526,35 @@ class CohortCorrelation:
         mus, invs = zip(*(shift_scale(p) for p in parts))
         self.mu_partner, self.inv_scale_partner = torch.cat(mus), torch.cat(invs)
 
-    def _standardize(self, ref: torch.Tensor, parts: Sequence[torch.Tensor],
-                     half: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``y = (v − μ)·s`` in float32, then rounded to ``half`` (kept in that dtype for native
-        GEMMs, back in float32 otherwise). Returns y_ref ``[T, n_ref]``, y_part ``[T, ΣN_m]`` and
-        the peak |y| (a 0-d tensor)."""
+    def _standardize(self, ref: torch.Tensor, parts: Sequence[torch.Tensor], half: torch.dtype | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``y = (v − μ)·s`` computed in float32, then rounded to ``half`` (kept in that dtype for
+        native GEMMs, back in float32 otherwise). Returns y_ref ``[T, n_ref]``, y_part ``[T, ΣN_m]``
+        and, for fp16, the peak |y| (a 0-d tensor; else None)."""
         store = half if (half is not None and self._native_half) else torch.float32
+        peaks: list[torch.Tensor] = []
 
-        def one(acts: torch.Tensor, mu: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            y = (acts.to(torch.float32) - mu).mul_(inv)
-            peak = y.abs().amax()
-            if half is not None:
-                y = y.to(half).to(store)
-            return y, peak
+        def one(acts: torch.Tensor, mu: torch.Tensor, inv: torch.Tensor, out: torch.Tensor) -> None:
+            # (v − μ)·s as v·s + (−μ·s): exact rewrite for a power-of-two s, one fused pass
+            bias = -(mu * inv)
+            acts32 = acts if acts.dtype == torch.float32 else acts.to(torch.float32)
+            if half is None:
+                torch.addcmul(bias, acts32, inv, out=out)
+                return
+            y = torch.addcmul(bias, acts32, inv)
+            if half is torch.float16:
+                lo, hi = torch.aminmax(y)
+                peaks.append(torch.maximum(-lo, hi))
+            out.copy_(y if self._native_half else y.to(half))
 
-        y_ref, peak = one(ref, self.mu_ref, self.inv_scale_ref)
-        peaks = [peak]
-        y_part = torch.empty(ref.shape[0], self.partner_offsets[-1], dtype=store, device=self.device)
+        n_tok = ref.shape[0]
+        y_ref = torch.empty(n_tok, ref.shape[1], dtype=store, device=self.device)
+        one(ref, self.mu_ref, self.inv_scale_ref, y_ref)
+        y_part = torch.empty(n_tok, self.partner_offsets[-1], dtype=store, device=self.device)
         for m, acts in enumerate(parts):
             lo, hi = self.partner_offsets[m], self.partner_offsets[m + 1]
-            y, peak = one(acts, self.mu_partner[lo:hi], self.inv_scale_partner[lo:hi])
-            y_part[:, lo:hi] = y
-            peaks.append(peak)
-        return y_ref, y_part, torch.stack(peaks).amax()
+            one(acts, self.mu_partner[lo:hi], self.inv_scale_partner[lo:hi], y_part[:, lo:hi])
+        return y_ref, y_part, (torch.stack(peaks).amax() if peaks else None)
 
     @contextlib.contextmanager
     def _matmul_precision(self) -> Iterator[None]:
@@ -656,7 +673,7 @@ class CohortCorrelation:
             "inv_scale_ref": self.inv_scale_ref if self.inv_scale_ref is not None else torch.zeros(0),
             "inv_scale_partner": self.inv_scale_partner if self.inv_scale_partner is not None else torch.zeros(0),
             "n_overflow_batches": self.n_overflow_batches,
-            "S_ref": self.S_ref, "Q_ref": self.Q_ref, "S_partner": self.S_partner, "Q_partner": self.Q_partner,
+            "S_ref": self.S_ref, "Q_ref": self.Q_ref, "S_partner": self.S_partner,
             "P_total": self.P_total,
         })
         for m, c in enumerate(self.C_total):
@@ -683,7 +700,7 @@ class CohortCorrelation:
         else:
             self.mu_ref = self.mu_partner = self.inv_scale_ref = self.inv_scale_partner = None
         self.n_overflow_batches = int(state.get("n_overflow_batches", 0))
-        for name in ("S_ref", "Q_ref", "S_partner", "Q_partner", "P_total"):
+        for name in ("S_ref", "Q_ref", "S_partner", "P_total"):
             getattr(self, name).copy_(state[name])
         for m, c in enumerate(self.C_total):
             c.copy_(state[f"C_total.{m}"])
@@ -702,10 +719,11 @@ class CohortCorrelation:
         lo, hi = self.partner_offsets[m], self.partner_offsets[m + 1]
         n_layers, d_mlp = self.partner_shapes[m]
         mean = self.S_partner[lo:hi] / n
-        var = self.Q_partner[lo:hi] / n - mean.square()
+        second = self.C_total[m].to(torch.float64) / n
+        var = torch.diagonal(second, dim1=1, dim2=2).reshape(-1) - mean.square()
         unit = 1.0 / self.inv_scale_partner[lo:hi].to(torch.float64)
         mean_l, unit_l = mean.view(n_layers, d_mlp), unit.view(n_layers, d_mlp)
-        cov = self.C_total[m].to(torch.float64) / n - mean_l.unsqueeze(2) * mean_l.unsqueeze(1)
+        cov = second - mean_l.unsqueeze(2) * mean_l.unsqueeze(1)
         cov = cov * unit_l.unsqueeze(2) * unit_l.unsqueeze(1)
         return {"mean": mean, "inv_std": self._inv_std(var, unit), "unit": unit, "cov": cov}
 
