@@ -167,10 +167,10 @@ def downloads(frame: pl.DataFrame, name: str, key: str) -> None:
     """CSV and Parquet download buttons for a result."""
     if frame.height == 0:
         return
-    left, right, _ = st.columns([1, 1, 4])
-    left.download_button("⬇ CSV", export.to_bytes(frame, "csv"), file_name=f"{name}.csv", mime="text/csv",
+    row = st.container(horizontal=True)
+    row.download_button("⬇ CSV", export.to_bytes(frame, "csv"), file_name=f"{name}.csv", mime="text/csv",
                          key=f"{key}-csv")
-    right.download_button("⬇ Parquet", export.to_bytes(frame, "parquet"), file_name=f"{name}.parquet",
+    row.download_button("⬇ Parquet", export.to_bytes(frame, "parquet"), file_name=f"{name}.parquet",
                           mime="application/octet-stream", key=f"{key}-parquet")
 
 
@@ -200,7 +200,7 @@ def vocab_chart(effects: pl.DataFrame, n: int = 10) -> alt.Chart:
 def share_chart(layers: pl.DataFrame) -> alt.Chart:
     data = layers.with_columns((pl.col("universal_share") * 100).alias("percent")).to_pandas()
     return (alt.Chart(data).mark_line(point=True).encode(
-        x=alt.X("layer:O", title="layer"), y=alt.Y("percent:Q", title="universal neurons (%)"),
+        x=alt.X("layer:O", title="layer", axis=alt.Axis(labelAngle=0)), y=alt.Y("percent:Q", title="universal neurons (%)"),
         color=alt.Color("model:N", title="reference model"),
         tooltip=["model", "layer", "n_universal", "n_neurons", alt.Tooltip("percent:Q", format=".2f")],
     ).properties(height=260))
@@ -210,17 +210,18 @@ def distribution_chart(dist: pl.DataFrame) -> alt.Chart:
     data = dist.filter(pl.col("measure").is_in(["mean_corr", "mean_baseline"])).with_columns(
         pl.col("measure").replace({"mean_corr": "mean max-corr", "mean_baseline": "mean baseline"})).to_pandas()
     return (alt.Chart(data).mark_bar(opacity=0.55, binSpacing=0).encode(
-        x=alt.X("bin_lo:Q", bin="binned", title="correlation"), x2="bin_hi:Q",
+        x=alt.X("bin_lo:Q", bin="binned", title="correlation", scale=alt.Scale(domain=[0, 1])), x2="bin_hi:Q",
         y=alt.Y("count:Q", stack=None, title="neurons", scale=alt.Scale(type="symlog")),
         color=alt.Color("measure:N", scale=alt.Scale(domain=["mean max-corr", "mean baseline"],
-                                                     range=["#d62728", "#7f7f7f"]), title=None),
+                                                     range=["#d62728", "#7f7f7f"]), title=None,
+                        legend=alt.Legend(orient="top")),
         tooltip=["model", "measure", "bin_lo", "bin_hi", "count"],
     ).properties(height=260))
 
 
 def family_layer_chart(counts: pl.DataFrame) -> alt.Chart:
     return (alt.Chart(counts.to_pandas()).mark_bar().encode(
-        x=alt.X("layer:O"), y=alt.Y("n_members:Q", title="family members"),
+        x=alt.X("layer:O", axis=alt.Axis(labelAngle=0)), y=alt.Y("n_members:Q", title="family members"),
         color=alt.Color("label:N", title="family"), tooltip=["label", "layer", "n_members", "n_families"],
     ).properties(height=260))
 

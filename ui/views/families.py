@@ -28,7 +28,7 @@ with right:
     counts = queries.label_counts(eng)
     if counts.height:
         st.dataframe(counts.pivot(on="label", index=["model", "layer"], values="n").fill_null(0),
-                     hide_index=True, width="stretch", height=300)
+                     hide_index=True, width="stretch")
 
 st.subheader("Families")
 label = st.selectbox("Label", ["any", *sorted(set(families["label"].to_list()))], key="family_label")

@@ -82,6 +82,11 @@ m[4].metric("kurtosis", fmt(r["kurtosis"], ".2f"))
 m[5].metric("skew", fmt(r["skew"], ".2f"))
 m[6].metric("‖w_out‖", fmt(r["w_out_norm"], ".2f"))
 m[7].metric("input bias", fmt(r["input_bias"], ".2f"))
+if r["excess"] is None and page["partners"].height and page["partners"]["max_corr"].drop_nulls().len():
+    best = page["partners"].sort("max_corr", descending=True, nulls_last=True).row(0, named=True)
+    st.caption(f"Excess correlation is measured for the neurons of a cohort's reference model. This neuron's "
+               f"best match there: {best['other_model']} L{best['best_layer']} N{best['best_idx']}, "
+               f"rho {best['max_corr']:.3f} (rotation baseline {fmt(best['baseline_max'])}).")
 
 left, right = st.columns(2)
 with left:
