@@ -57,17 +57,18 @@ class Moments:
         nb = x.shape[0]
         if nb == 0:
             return
+        # power sums about the fp32 batch mean, then exact central moments in float64. The fp32
+        # sums are cascaded (pairwise) by torch, ~1e-7 relative; s1 corrects the rounded shift.
         x = x.float()
-        mean_b = x.sum(dim=0, dtype=F64) / nb  # fp32 values summed in float64
-        shift = mean_b.float()
+        shift = x.mean(dim=0)
         d = x - shift
-        # power sums about the fp32-rounded batch mean, then exact central moments in float64
-        # (m, the rounding of the shift, is tiny: no cancellation)
         d2 = d * d
-        s2 = d2.sum(dim=0, dtype=F64)
-        s3 = (d2 * d).sum(dim=0, dtype=F64)
-        s4 = (d2 * d2).sum(dim=0, dtype=F64)
-        m = mean_b - shift.to(F64)
+        s1 = d.sum(dim=0).to(F64)
+        s2 = d2.sum(dim=0).to(F64)
+        s3 = (d2 * d).sum(dim=0).to(F64)
+        s4 = (d2 * d2).sum(dim=0).to(F64)
+        m = s1 / nb
+        mean_b = shift.to(F64) + m
         m2_b = s2 - nb * m * m
         m3_b = s3 - 3 * m * s2 + 2 * nb * m ** 3
         m4_b = s4 - 4 * m * s3 + 6 * m * m * s2 - 3 * nb * m ** 4
@@ -127,17 +128,31 @@ class Histogram:
         self.n_bins = self.edges.numel() - 1
         self.counts = torch.zeros(n * self.n_bins, dtype=torch.int64, device=device)
         self.n = n
+        self.offsets = torch.arange(n, device=device) * (self.n_bins + 2)
+        steps = self.edges[1:].double() - self.edges[:-1].double()
+        self.uniform = bool(self.n_bins > 0 and (steps.max() - steps.min()) <= 1e-6 * steps.mean())
+        self.inv_width = float(self.n_bins / (self.edges[-1].double() - self.edges[0].double()))
+        self.lo_scaled = float(self.edges[0].double() * self.inv_width)
 
     def update(self, x: torch.Tensor) -> None:
         """Add ``x: [n_tokens, n]``."""
         if x.shape[0] == 0:
             return
         x = x.float()
-        bins = torch.bucketize(x, self.edges, right=True) - 1  # edges[i] <= x < edges[i+1] → i
-        bins = torch.where(x == self.edges[-1], self.n_bins - 1, bins)  # the last bin is closed
-        valid = (bins >= 0) & (bins < self.n_bins)
-        flat = bins + torch.arange(self.n, device=x.device) * self.n_bins
-        self.counts += torch.bincount(flat[valid], minlength=self.n * self.n_bins)
+        e, nb = self.edges, self.n_bins
+        if self.uniform:
+            # arithmetic binning, then one exact correction step against the edges themselves
+            bins = x.mul(self.inv_width).sub_(self.lo_scaled).floor_().clamp_(0, nb - 1).long()
+            bins -= (x < e[bins]).long()
+            bins += (x >= e[bins + 1]).long()  # bins + 1 is within [0, nb] here
+        else:
+            bins = torch.bucketize(x, e, right=True) - 1  # e[i] <= x < e[i+1] → i
+        # slots: 0 = below the edges, 1..nb = bins, nb + 1 = at/above the last edge; one bincount
+        flat = (bins + 1).clamp_(0, nb + 1).add_(self.offsets)
+        counts = torch.bincount(flat.reshape(-1), minlength=self.n * (nb + 2)).reshape(self.n, nb + 2)
+        inside = counts[:, 1:nb + 1]
+        inside[:, -1] += (x == e[-1]).sum(dim=0)  # numpy closes the last bin
+        self.counts += inside.reshape(-1)
 
     def result(self) -> torch.Tensor:
         return self.counts.reshape(self.n, self.n_bins)
@@ -330,9 +345,10 @@ class NeuronStatsAccumulator:
         pre, post = pre.to(self.device), post.to(self.device)
         self.moments.update(pre)
         self.histogram.update(pre)
-        self.pre_min = torch.minimum(self.pre_min, pre.amin(dim=0).float())
-        self.pre_max = torch.maximum(self.pre_max, pre.amax(dim=0).float())
-        self.post_sum += post.sum(dim=0, dtype=F64)
+        lo, hi = torch.aminmax(pre, dim=0)
+        self.pre_min = torch.minimum(self.pre_min, lo.float())
+        self.pre_max = torch.maximum(self.pre_max, hi.float())
+        self.post_sum += post.sum(dim=0).to(F64)  # cascaded fp32 within the batch, float64 across
         self.post_max = torch.maximum(self.post_max, post.amax(dim=0).float())
         self.fires += (post > 0).sum(dim=0)
         self.top.update(post, token_index)

