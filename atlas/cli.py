@@ -237,6 +237,47 @@ def demo(seeds: int | None, device: str) -> None:
     demo_ingest(engine, seeds=seeds, device=device, log=click.echo)
 
 
+# ---------------------------------------------------------------- cross-seed correlation
+
+@main.command("correlate")
+@click.option("--cohort", required=True, help="Cohort whose seeds are correlated (its models must share a tokenizer).")
+@click.option("--dataset", "dataset_name", required=True, help="Token dataset to stream (see `atlas dataset build`).")
+@click.option("--reference", default=None, help="Reference model (default: the cohort's first by seed label).")
+@click.option("--rotation", type=click.Choice(["orthogonal", "gaussian_unit_rows"]), default="orthogonal",
+              show_default=True, help="Random-rotation baseline: Haar orthogonal, or the paper's unit-norm Gaussian rows.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the baseline's rotations (recorded with the run).")
+@click.option("--top-k", default=10, show_default=True, help="Partner neurons stored per reference neuron and partner.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default=None,
+              help="GEMM input precision, float32 accumulation (default: fp16 on CUDA, fp32 on CPU).")
+@click.option("--batch-size", type=int, default=None, help="Context rows per forward pass (default: ~8k tokens on CUDA, ~4k on CPU).")
+@click.option("--block-size", type=int, default=None,
+              help="At most this many reference neurons per pass over the data (default: as many as fit the device).")
+@click.option("--checkpoint-tokens", default=20_000_000, show_default=True, help="Kept tokens between checkpoints.")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--force", is_flag=True, help="Recompute even when the same run is done.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def correlate_cmd(cohort, dataset_name, reference, rotation, seed, top_k, device, precision, batch_size, block_size,
+                  checkpoint_tokens, resume, force, quiet) -> None:
+    """Cross-seed correlations and universality of a cohort over a dataset.
+
+    Pearson correlation of every reference neuron with every neuron of each partner (all layers),
+    streamed over the dataset's kept tokens with every model run once per batch; the random-rotation
+    baseline in the same pass. Stores per neuron and partner the best partner neuron, its rho, the
+    baseline max and the top-k partner edges, and per reference neuron max/mean/min correlation,
+    mean baseline and excess correlation (universal: excess > 0.5, chosen at query time). The same
+    cohort + dataset again is a no-op.
+    """
+    from atlas import db as dbm
+    from ingest.correlate import correlate_cohort
+
+    engine = dbm.connect(migrate=True)
+    correlate_cohort(engine, cohort, dataset_name, reference, rotation=rotation, seed=seed, top_k=top_k, device=device,
+                     precision=precision, batch_size=batch_size, block_size=block_size,
+                     checkpoint_tokens=checkpoint_tokens, resume=resume, force=force, progress=not quiet,
+                     log=click.echo)
+
+
 # ---------------------------------------------------------------- status
 
 @main.command()
