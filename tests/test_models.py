@@ -163,3 +163,24 @@ def test_dataset_batches_and_mask(engine, tiny_cohort):
     excluded = set(info.filter_rule["exclude_token_ids"])
     assert mask.sum().item() == info.n_kept_tokens == sum(int(t) not in excluded for t in rows.flatten())
     assert kept_token_mask(rows, None).all()
+
+
+def test_gpt_neox_checkpoints_load_like_pythia(tiny_cohort, tmp_path):
+    """Pythia's architecture (GPT-NeoX) goes through the same code path as GPT-2."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    tok = tiny_cohort.tokenizer
+    cfg = GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32, bos_token_id=0, eos_token_id=0, rotary_pct=0.25)
+    torch.manual_seed(0)
+    out = tmp_path / "tiny-neox"
+    GPTNeoXForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    m = load_model(str(out))
+    assert "NeoX" in m.architecture and m.act_fn == "gelu" and (m.n_layers, m.d_mlp) == (2, 64)
+    tokens = tiny_cohort.rows[:2]
+    acts = mlp_activations(m, tokens, hooks=("pre", "post"))
+    with torch.no_grad():
+        _, cache = m.bridge.run_with_cache(tokens)
+    torch.testing.assert_close(acts["post"][:, :, 1], cache["blocks.1.mlp.hook_post"], rtol=0, atol=0)
+    assert m.tokenizer_hash == tokenizer_fingerprint(tok)
