@@ -258,6 +258,20 @@ def run_projection(device: torch.device, *, shape: tuple[int, int], n_models: in
     models = _gpt2_models(n_models, shape, n_ctx, device, dtype) if source in ("auto", "model") else None
     if models is None and source == "model":
         raise SystemExit("--projection-source model needs transformers")
+    partner_sizes = [n] * (n_models - 1)
+
+    def plan_for(ctx_rows: int):
+        reserve = (batch_workspace_bytes(ctx_rows * (n_ctx - 1), n, partner_sizes, in_bytes=dtype.itemsize)
+                   + n_models * ctx_rows * n_ctx * n * dtype.itemsize + (2 << 30))  # + the hook buffers
+        return plan_ref_blocks(n, [shape] * (n_models - 1), budget_bytes=default_budget_bytes(device, reserve))
+
+    plan = plan_for(batch_ctx)
+    for smaller in (batch_ctx // 2, batch_ctx // 4):  # a smaller batch, if it saves a pass or the direct mode
+        if smaller < 1 or (plan.buffered and len(plan.blocks) == 1):
+            break
+        alt = plan_for(smaller)
+        if (len(alt.blocks), not alt.buffered) < (len(plan.blocks), not plan.buffered):
+            plan, batch_ctx = alt, smaller
     kept_per_batch = batch_ctx * (n_ctx - 1)  # position 0 (BOS) is dropped, as the filter rule does
     if models is not None:
         buffers = [torch.empty(batch_ctx, n_ctx, n_layers, d_mlp, device=device, dtype=dtype) for _ in models]
@@ -273,7 +287,7 @@ def run_projection(device: torch.device, *, shape: tuple[int, int], n_models: in
             tokens = torch.randint(0, 50257, (batch_ctx, n_ctx), generator=gen).to(device)
             with torch.no_grad():
                 for model in models:
-                    model(tokens)
+                    model.transformer(tokens)  # hook_post is all we need: skip the unembedding
             return [buf[:, 1:].reshape(kept_per_batch, n) for buf in buffers]
         used = "random-init GPT-2 forward (transformers)"
     else:
@@ -281,10 +295,6 @@ def run_projection(device: torch.device, *, shape: tuple[int, int], n_models: in
         forward = synthetic.batch
         used = "synthetic activations (no model forward: transformers not importable)"
 
-    partner_sizes = [n] * (n_models - 1)
-    reserve = batch_workspace_bytes(kept_per_batch, n, partner_sizes, in_bytes=dtype.itemsize) + (2 << 30)
-    budget = default_budget_bytes(device, reserve_bytes=reserve)
-    plan = plan_ref_blocks(n, [shape] * (n_models - 1), budget_bytes=budget)
     acc = CohortCorrelation(shape, [shape] * (n_models - 1), device=device, precision=precision,
                             ref_slice=plan.blocks[0], buffered=plan.buffered, rotation_seed=seed)
     acts = forward(0)
@@ -315,7 +325,7 @@ def run_projection(device: torch.device, *, shape: tuple[int, int], n_models: in
         "source": used, "shape": list(shape), "n_models": n_models, "batch_tokens": kept_per_batch,
         "timed_batches": n_batches, "precision": acc.precision, "gemm_mode": acc._gemm_mode,
         "blocks": n_blocks, "buffered": plan.buffered, "block_accumulator_gib": plan.block_bytes / 2**30,
-        "budget_gib": budget / 2**30, "forward_s": fwd_s, "update_s": upd_s,
+        "budget_gib": plan.budget_bytes / 2**30, "forward_s": fwd_s, "update_s": upd_s,
         "tokens_per_s": tokens / (fwd_s + upd_s), "update_tokens_per_s": tokens / upd_s,
         "update_flop_per_s": acc.flops_per_token() * tokens / upd_s, "finalize_s": finalize_s,
         "projected_paper_s": projected_s, "projected_paper_min": projected_s / 60,

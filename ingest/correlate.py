@@ -178,14 +178,12 @@ def correlate_cohort(
         state = _load_checkpoint(ckpt_path, run.key) if resume else None
         if state is None:
             ckpt_path.unlink(missing_ok=True)
-            if budget_bytes is None:
-                batch_tokens = rows_per_batch * info.context_length
-                reserve = batch_workspace_bytes(batch_tokens, n_ref, [l * d for l, d in partner_shapes], in_bytes=4,
-                                                store_bytes=2 if device.startswith("cuda") else 4) + (2 << 30)
-                budget_bytes = default_budget_bytes(device, reserve_bytes=reserve)
-            plan = plan_ref_blocks(n_ref, partner_shapes, budget_bytes=budget_bytes, max_block=block_size)
+            plan, rows_per_batch = _plan(device, n_ref, partner_shapes, info.context_length, rows_per_batch,
+                                         adapt=batch_size is None, budget_bytes=budget_bytes, block_size=block_size)
             state = {"blocks": [list(b) for b in plan.blocks], "buffered": plan.buffered, "block": 0,
-                     "next_row": 0, "tokens_done": 0, "acc": None, "results": []}
+                     "next_row": 0, "tokens_done": 0, "acc": None, "results": [], "batch_rows": rows_per_batch}
+        elif batch_size is None:
+            rows_per_batch = int(state.get("batch_rows", rows_per_batch))
         blocks = [tuple(b) for b in state["blocks"]]
         tokens_total = info.n_kept_tokens * len(blocks)
         run.progress(state["tokens_done"], tokens_total)
@@ -252,6 +250,32 @@ def correlate_cohort(
 
 # ---------------------------------------------------------------- helpers
 
+def _plan(device: str, n_ref: int, partner_shapes: list[tuple[int, int]], context_length: int, rows: int, *,
+          adapt: bool, budget_bytes: int | None, block_size: int | None):
+    """Reference blocks for the device's memory, and the batch rows to stream with.
+
+    A smaller batch leaves more memory to the accumulators: when the default batch would force an
+    extra pass over the data (more blocks) or the slower direct mode, halve it (down to a quarter)
+    if that lets the float32-buffered accumulators fit in fewer passes."""
+    def plan_for(r: int):
+        budget = budget_bytes
+        if budget is None:
+            reserve = batch_workspace_bytes(r * context_length, n_ref, [l * d for l, d in partner_shapes], in_bytes=4,
+                                            store_bytes=2 if device.startswith("cuda") else 4) + (2 << 30)
+            budget = default_budget_bytes(device, reserve_bytes=reserve)
+        return plan_ref_blocks(n_ref, partner_shapes, budget_bytes=budget, max_block=block_size)
+
+    best = plan_for(rows)
+    if adapt:
+        for r in (rows // 2, rows // 4):
+            if r < 1 or (best.buffered and len(best.blocks) == 1):
+                break
+            smaller = plan_for(r)
+            if (len(smaller.blocks), not smaller.buffered) < (len(best.blocks), not best.buffered):
+                best, rows = smaller, r
+    return best, rows
+
+
 def _load(model: CohortModel, device: str):
     loaded = load_model(model.source, device, name=model.name)
     if model.revision and loaded.revision and loaded.revision != model.revision:
@@ -303,6 +327,7 @@ def _save_checkpoint(path: Path, key: str, state: dict[str, Any], acc: CohortCor
     payload = {
         "version": CHECKPOINT_VERSION, "key": key, "blocks": state["blocks"], "buffered": state["buffered"],
         "block": block, "next_row": state["next_row"], "tokens_done": state["tokens_done"],
+        "batch_rows": state.get("batch_rows"),
         "acc": acc.state_dict() if acc is not None else None,
         "results": [_result_to_state(r) for r in results],
     }

@@ -6,7 +6,8 @@ One reference model ``a`` with ``N_a = n_layers * d_mlp`` neurons (flat index ``
 and partners ``m = 0..M-1`` with ``N_m`` neurons each. Per batch of kept tokens the accumulator
 receives ``ref_acts: [n_tokens, N_a]`` and ``partner_acts[m]: [n_tokens, N_m]`` and updates
 
-- ``n``, ``S = Σ y`` and ``Q = Σ y²`` per neuron of every model (float64),
+- ``n``, ``S = Σ y`` per neuron of every model and ``Q = Σ y²`` of the reference (float64; a
+  partner's ``Σ y²`` is the diagonal of its ``C``),
 - the cross moment ``P_m = Σ y_a y_mᵀ`` (``[n_ref, N_m]``) for every partner: one GEMM per batch for
   all partners together (their columns are concatenated),
 - the within-layer second moment ``C_m = Σ y_m,l y_m,lᵀ`` (``[L, d_mlp, d_mlp]``) of every partner,
@@ -122,10 +123,10 @@ def batch_workspace_bytes(n_tokens: int, n_ref: int, partner_sizes: Sequence[int
                           store_bytes: int = 2) -> int:
     """Device bytes one ``update`` of ``n_tokens`` needs besides the accumulators: the models'
     activations (``in_bytes`` each), their standardised copies (``store_bytes``) and one model's
-    float32 scratch, with a margin of a half for allocator slack."""
+    float32 scratch, with a quarter more for allocator slack."""
     n_all = n_ref + sum(partner_sizes)
     largest = max(n_ref, *partner_sizes)
-    return int(1.5 * n_tokens * (n_all * (in_bytes + store_bytes) + 2 * 4 * largest))
+    return int(1.25 * n_tokens * (n_all * (in_bytes + store_bytes) + 2 * 4 * largest))
 
 
 def default_budget_bytes(device: str | torch.device, reserve_bytes: int | None = None) -> int:
