@@ -148,6 +148,9 @@ def correlate_cohort(
     info = get_dataset(engine, dataset)
     ref, partners = choose_reference(models, reference, cohort)
     check_cohort_tokenizers(models, info.tokenizer_id, cohort, dataset)
+    if info.n_kept_tokens < 2:
+        raise AtlasError(f"dataset {dataset} keeps {info.n_kept_tokens} token(s) after its filter rule — correlations "
+                         "need a dataset with more text")
     device = resolve_device(device)
 
     params = {
