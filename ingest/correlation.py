@@ -75,18 +75,17 @@ def build_rotation(seed: int, kind: str, partner: int, shape: Shape,
     if kind not in ROTATION_KINDS:
         raise ValueError(f"rotation kind {kind!r} is not one of {ROTATION_KINDS}")
     n_layers, d_mlp = shape
-    out = torch.empty(n_layers, d_mlp, d_mlp, dtype=torch.float64, device=device)
+    gauss = torch.empty(n_layers, d_mlp, d_mlp, dtype=torch.float64)
     for layer in range(n_layers):
         gen = torch.Generator(device="cpu").manual_seed(rotation_generator_seed(seed, partner, layer))
-        g = torch.randn(d_mlp, d_mlp, generator=gen, dtype=torch.float64).to(device)
-        if kind == "orthogonal":
-            q, r = torch.linalg.qr(g)
-            signs = torch.sign(torch.diagonal(r))
-            signs[signs == 0] = 1.0
-            out[layer] = q * signs  # scales column j by sign(r_jj): the unique Haar-distributed Q
-        else:
-            out[layer] = g / torch.linalg.vector_norm(g, dim=1, keepdim=True)
-    return out
+        gauss[layer] = torch.randn(d_mlp, d_mlp, generator=gen, dtype=torch.float64)
+    gauss = gauss.to(device)
+    if kind == "gaussian_unit_rows":
+        return gauss / torch.linalg.vector_norm(gauss, dim=2, keepdim=True)
+    q, r = torch.linalg.qr(gauss)  # batched over layers
+    signs = torch.sign(torch.diagonal(r, dim1=1, dim2=2))
+    signs[signs == 0] = 1.0
+    return q * signs.unsqueeze(1)  # column j times sign(r_jj): the unique Haar-distributed Q
 
 
 # ---------------------------------------------------------------------------------- planning
