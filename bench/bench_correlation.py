@@ -398,7 +398,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if gpu:
         bare_gemm_out = 8192 * n * args.partners * 4
         reserve = batch_workspace_bytes(batch_tokens, n, [n] * args.partners) + bare_gemm_out + (2 << 30)
-        plan = plan_ref_blocks(n, [shape] * args.partners, budget_bytes=default_budget_bytes(device, reserve))
+        # the float32-buffered accumulator (the fast one); on a small GPU a first block of reference rows
+        plan = plan_ref_blocks(n, [shape] * args.partners, budget_bytes=default_budget_bytes(device, reserve),
+                               buffered=True)
         block, buffered = plan.blocks[0], plan.buffered
         report["config"]["ref_blocks"] = len(plan.blocks)
     side = 8192 if gpu else 2048
