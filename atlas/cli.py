@@ -204,7 +204,8 @@ def dataset_build(name, tokenizer_source, model_source, inputs, hf_dataset, spli
 @click.option("--batch-size", default=16, show_default=True, help="Context rows per forward pass.")
 @click.option("--top-k", default=20, show_default=True, help="Top activating examples kept per neuron.")
 @click.option("--top-tokens", default=100, show_default=True, help="Vocabulary tokens kept per neuron (by mean activation).")
-@click.option("--checkpoint-every", default=1_000_000, show_default=True, help="Tokens between checkpoints.")
+@click.option("--checkpoint-every", type=int, default=None,
+              help="Tokens between checkpoints [default: 1M; 20M when the accumulators exceed 1 GB].")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--force", is_flag=True, help="Recompute even when the same run is done.")
 @click.option("--weights/--no-weights", default=True, show_default=True, help="Compute weight statistics.")

@@ -48,7 +48,7 @@ class StatsOptions:
     hist_range: tuple[float, float] = HIST_RANGE
     hist_edges: int = HIST_EDGES
     batch_size: int = 16  # rows per forward pass
-    checkpoint_every: int = 1_000_000  # tokens between checkpoints
+    checkpoint_every: int | None = None  # tokens between checkpoints; None: 1M, or 20M for states over 1 GB
     progress: bool = True
     batch_delay: float = 0.0  # seconds to sleep per batch (tests: to kill a run mid-way)
 
@@ -155,6 +155,7 @@ def _stream(run, loaded: LoadedModel, info: DatasetInfo, options: StatsOptions, 
     elif ckpt.exists():
         ckpt.unlink()
     start_tokens = rows_done * ctx
+    every = options.checkpoint_every or (20_000_000 if _state_bytes(acc) > 1 << 30 else 1_000_000)
     run.progress(start_tokens, info.n_tokens)
     last_ckpt_tokens, last_progress = start_tokens, time.monotonic()
     mask_rule = info.filter_rule
@@ -174,7 +175,7 @@ def _stream(run, loaded: LoadedModel, info: DatasetInfo, options: StatsOptions, 
             rows_done = row0 + b
             done = rows_done * ctx
             bar.update(b * ctx)
-            if done - last_ckpt_tokens >= options.checkpoint_every and rows_done < info.n_rows:
+            if done - last_ckpt_tokens >= every and rows_done < info.n_rows:
                 _save_checkpoint(ckpt, run, acc, rows_done, options)
                 last_ckpt_tokens = done
                 run.progress(done)
@@ -189,6 +190,17 @@ def _stream(run, loaded: LoadedModel, info: DatasetInfo, options: StatsOptions, 
     run.progress(rows_done * ctx)
     stats = acc.finalize(top_tokens=options.top_tokens, min_token_count=options.min_token_count)
     return stats, rows_done * ctx - start_tokens
+
+
+def _state_bytes(acc: NeuronStatsAccumulator) -> int:
+    def size(obj) -> int:
+        if isinstance(obj, torch.Tensor):
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, dict):
+            return sum(size(v) for v in obj.values())
+        return 0
+
+    return size(acc.state_dict())
 
 
 def _save_checkpoint(path, run, acc: NeuronStatsAccumulator, rows_done: int, options: StatsOptions) -> None:
