@@ -74,7 +74,7 @@ def mlp_activations(model: LoadedModel, tokens: torch.Tensor, hooks: Sequence[st
         per_layer = []
         for l in layers:
             act = captured[f"blocks.{l}.mlp.hook_{h}"]
-            if not torch.isfinite(act).all():
+            if not torch.isfinite(act.sum()):  # one reduction: any NaN/inf makes the sum non-finite
                 raise AtlasError(f"non-finite (NaN/inf) activations in blocks.{l}.mlp.hook_{h} of {model.name} — "
                                  "the checkpoint is broken or overflows in this precision (try --device cpu)")
             per_layer.append(act.float())

@@ -36,8 +36,11 @@ TINY_VARIANCE = 1e-24  # relative to mean²: below fp32 resolution, the values a
 
 
 def histogram_edges(lo: float = HIST_RANGE[0], hi: float = HIST_RANGE[1], n_edges: int = HIST_EDGES) -> torch.Tensor:
-    """``n_edges`` evenly spaced edges, rounded to float32 (so fp32 comparisons with them are exact)."""
-    return torch.linspace(lo, hi, n_edges, dtype=F64).to(torch.float32)
+    """``n_edges`` evenly spaced float32 edges from ``lo``: ``edge_i = fl(fl(i * w) + lo)`` with ``w``
+    the float32 step. Defined by float32 arithmetic so ``Histogram`` can recompute any edge exactly
+    without a lookup (the last edge may differ from ``hi`` in the last bit)."""
+    w = torch.tensor((hi - lo) / (n_edges - 1), dtype=torch.float32)
+    return (torch.arange(n_edges, dtype=torch.float32) * w) + torch.tensor(lo, dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- moments
@@ -129,10 +132,22 @@ class Histogram:
         self.counts = torch.zeros(n * self.n_bins, dtype=torch.int64, device=device)
         self.n = n
         self.offsets = torch.arange(n, device=device) * (self.n_bins + 2)
-        steps = self.edges[1:].double() - self.edges[:-1].double()
-        self.uniform = bool(self.n_bins > 0 and (steps.max() - steps.min()) <= 1e-6 * steps.mean())
-        self.inv_width = float(self.n_bins / (self.edges[-1].double() - self.edges[0].double()))
-        self.lo_scaled = float(self.edges[0].double() * self.inv_width)
+        self.offsets_f = self.offsets.float()  # exact: n * (n_bins + 2) < 2**24
+        # uniform = edges made like histogram_edges (recomputable in float32); else binary search
+        self.lo, self.width, self.uniform = float(self.edges[0]), 1.0, False
+        if self.n_bins > 0 and self.n * (self.n_bins + 2) < 2 ** 24:
+            steps = torch.arange(self.n_bins + 1, dtype=torch.float32, device=device)
+            w = torch.tensor(float(self.edges[-1].double() - self.edges[0].double()) / self.n_bins, dtype=torch.float32)
+            for _ in range(4):  # the float32 step is within an ulp or two of the mean spacing
+                for cand in (w, torch.nextafter(w, torch.tensor(float("inf"))), torch.nextafter(w, torch.tensor(0.0))):
+                    if torch.equal(steps.mul(cand.to(device)).add(self.lo), self.edges):
+                        self.width, self.uniform = float(cand), True
+                        break
+                if self.uniform:
+                    break
+                w = torch.nextafter(w, torch.tensor(float("inf")))
+        self.inv_width = 1.0 / self.width
+        self.lo_scaled = self.lo * self.inv_width
 
     def update(self, x: torch.Tensor) -> None:
         """Add ``x: [n_tokens, n]``."""
@@ -141,14 +156,16 @@ class Histogram:
         x = x.float()
         e, nb = self.edges, self.n_bins
         if self.uniform:
-            # arithmetic binning, then one exact correction step against the edges themselves
-            bins = x.mul(self.inv_width).sub_(self.lo_scaled).floor_().clamp_(0, nb - 1).long()
-            bins -= (x < e[bins]).long()
-            bins += (x >= e[bins + 1]).long()  # bins + 1 is within [0, nb] here
+            # arithmetic binning in float32, then one exact correction step against the edges,
+            # recomputed with the very float32 operations that made them (no lookups, no int64)
+            f = x.mul(self.inv_width).sub_(self.lo_scaled).floor_().clamp_(0, nb - 1)
+            f -= (x < f.mul(self.width).add_(self.lo)).float()
+            f += (x >= f.add(1).mul_(self.width).add_(self.lo)).float()
+            # slots: 0 = below the edges, 1..nb = bins, nb + 1 = at/above the last edge
+            flat = f.add_(1).add_(self.offsets_f).int()
         else:
             bins = torch.bucketize(x, e, right=True) - 1  # e[i] <= x < e[i+1] → i
-        # slots: 0 = below the edges, 1..nb = bins, nb + 1 = at/above the last edge; one bincount
-        flat = (bins + 1).clamp_(0, nb + 1).add_(self.offsets)
+            flat = (bins + 1).clamp_(0, nb + 1).add_(self.offsets)
         counts = torch.bincount(flat.reshape(-1), minlength=self.n * (nb + 2)).reshape(self.n, nb + 2)
         inside = counts[:, 1:nb + 1]
         inside[:, -1] += (x == e[-1]).sum(dim=0)  # numpy closes the last bin
@@ -172,21 +189,40 @@ class TopK:
     """The k largest values per column with their token indices (exact; ties broken by torch.topk)."""
 
     def __init__(self, n: int, k: int, device: torch.device | str = "cpu"):
-        self.k = k
+        self.n, self.k = n, k
         self.values = torch.full((k, n), float("-inf"), dtype=torch.float32, device=device)
         self.index = torch.full((k, n), -1, dtype=torch.int64, device=device)
 
-    def update(self, x: torch.Tensor, token_index: torch.Tensor) -> None:
-        """Add ``x: [n_tokens, n]`` whose rows are tokens ``token_index: [n_tokens]``."""
+    def update(self, x: torch.Tensor, token_index: torch.Tensor, col_max: torch.Tensor | None = None) -> None:
+        """Add ``x: [n_tokens, n]`` whose rows are tokens ``token_index: [n_tokens]``.
+
+        Only columns whose batch maximum (``col_max``, computed when not given) exceeds their
+        current k-th largest can change; once the top-k have filled up those are few, and only
+        they are ranked (a value equal to the k-th largest does not displace the earlier token).
+        """
         if x.shape[0] == 0:
             return
+        x = x.float()
+        token_index = token_index.to(x.device)
+        changed = (x.amax(dim=0) if col_max is None else col_max) > self.values[-1]
+        n_changed = int(changed.sum())
+        if n_changed == 0:
+            return
+        if n_changed == self.n:
+            self.values, self.index = self._merge(x, token_index, self.values, self.index)
+            return
+        cols = changed.nonzero().squeeze(1)
+        vals, idx = self._merge(x[:, cols], token_index, self.values[:, cols], self.index[:, cols])
+        self.values[:, cols] = vals
+        self.index[:, cols] = idx
+
+    def _merge(self, x, token_index, values, index):
         kb = min(self.k, x.shape[0])
-        vals, rows = torch.topk(x.float(), kb, dim=0)
-        idx = token_index.to(x.device)[rows]
-        all_vals = torch.cat([self.values, vals], dim=0)
-        all_idx = torch.cat([self.index, idx], dim=0)
-        self.values, pick = torch.topk(all_vals, self.k, dim=0)
-        self.index = torch.gather(all_idx, 0, pick)
+        vals, rows = torch.topk(x, kb, dim=0)
+        all_vals = torch.cat([values, vals], dim=0)
+        all_idx = torch.cat([index, token_index[rows]], dim=0)
+        top, pick = torch.topk(all_vals, self.k, dim=0)
+        return top, torch.gather(all_idx, 0, pick)
 
     def state_dict(self) -> dict[str, Any]:
         return {"values": self.values, "index": self.index}
@@ -345,13 +381,13 @@ class NeuronStatsAccumulator:
         pre, post = pre.to(self.device), post.to(self.device)
         self.moments.update(pre)
         self.histogram.update(pre)
-        lo, hi = torch.aminmax(pre, dim=0)
-        self.pre_min = torch.minimum(self.pre_min, lo.float())
-        self.pre_max = torch.maximum(self.pre_max, hi.float())
+        self.pre_min = torch.minimum(self.pre_min, pre.amin(dim=0).float())
+        self.pre_max = torch.maximum(self.pre_max, pre.amax(dim=0).float())
         self.post_sum += post.sum(dim=0).to(F64)  # cascaded fp32 within the batch, float64 across
-        self.post_max = torch.maximum(self.post_max, post.amax(dim=0).float())
+        post_max = post.amax(dim=0).float()
+        self.post_max = torch.maximum(self.post_max, post_max)
         self.fires += (post > 0).sum(dim=0)
-        self.top.update(post, token_index)
+        self.top.update(post, token_index, col_max=post_max)
         self.tokens.update(post, token_ids)
 
     def finalize(self, top_tokens: int = 100, min_token_count: int = 1) -> NeuronStats:

@@ -75,10 +75,11 @@ def test_constant_and_empty_columns_are_undefined_not_zero():
     assert all(torch.isnan(v).all() for v in empty.values())
 
 
-def test_histogram_matches_numpy_including_edges():
-    edges = histogram_edges()
+@pytest.mark.parametrize("edges", [histogram_edges(), histogram_edges(-3, 3, 61), torch.linspace(-10, 15, 256),
+                                   torch.tensor([-1.0, 0.0, 0.5, 3.0, 15.0])], ids=["default", "narrow", "linspace", "uneven"])
+def test_histogram_matches_numpy_including_edges(edges):
     x = _planted(2000, seed=1) * 4
-    x[0, 0], x[1, 0], x[2, 0], x[3, 0] = edges[0], edges[-1], edges[17], -10.5  # on edges and below
+    x[0, 0], x[1, 0], x[2, 0], x[3, 0] = edges[0], edges[-1], edges[len(edges) // 2], -10.5  # on edges and below
     x[4, 0] = 15.5
     h = Histogram(x.shape[1], edges)
     for b in _batches(x, [500, 1500]):
@@ -89,12 +90,13 @@ def test_histogram_matches_numpy_including_edges():
         np.testing.assert_array_equal(h.result()[j].numpy(), ref)
 
 
-def test_topk_is_exact():
+@pytest.mark.parametrize("sizes", [[100, 400, 497], [10] * 99 + [7]], ids=["dense", "sparse-updates"])
+def test_topk_is_exact(sizes):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(997, 8, generator=g)
     index = torch.arange(997) * 3 + 1
     t = TopK(8, 20)
-    for b, i in zip(_batches(x, [100, 400, 497]), _batches(index, [100, 400, 497])):
+    for b, i in zip(_batches(x, sizes), _batches(index, sizes)):
         t.update(b, i)
     order = np.argsort(-x.numpy(), axis=0, kind="stable")[:20]
     np.testing.assert_array_equal(t.values.numpy(), np.take_along_axis(x.numpy(), order, 0))
