@@ -456,51 +456,71 @@ def universal_neurons(
     """
     if order_by not in UNIVERSAL_ORDER:
         raise AtlasError(f"cannot order universal neurons by {order_by!r} — use one of {', '.join(UNIVERSAL_ORDER)}")
-    where, params = ["u.excess > :t"], {"t": float(threshold)}
+    run_where, where, params = [], ["u.excess > :t"], {"t": float(threshold)}
     if cohort is not None:
-        where.append("c.name = :cohort")
+        run_where.append("c.name = :cohort")
         params["cohort"] = str(cohort)
     if model is not None:
-        where.append("u.model_id = :m")
+        run_where.append("r.model_id = :m")
         params["m"] = model_id(engine, model)
     if layer is not None:
         layers = [int(layer)] if isinstance(layer, (int, str)) else [int(x) for x in layer]
         where.append("u.layer = ANY(:layers)")
         params["layers"] = layers
     if label is not None:
-        where.append("""EXISTS (SELECT 1 FROM neuron_label l JOIN latest_run lr ON lr.id = l.run_id AND lr.kind = 'classify'
-                         WHERE l.model_id = u.model_id AND l.layer = u.layer AND l.idx = u.idx AND l.label = :label)""")
+        where.append("""EXISTS (SELECT 1 FROM neuron_label l WHERE l.run_id = ANY(ARRAY(SELECT id FROM classify))
+                         AND l.model_id = u.model_id AND l.layer = u.layer AND l.idx = u.idx AND l.label = :label)""")
         params["label"] = str(label)
     if family is not None:
         where.append("""EXISTS (SELECT 1 FROM family_member fm JOIN family f ON f.id = fm.family_id
-                         JOIN latest_run fr ON fr.id = f.run_id
-                         WHERE fm.model_id = u.model_id AND fm.layer = u.layer AND fm.idx = u.idx
+                         WHERE f.run_id = ANY(ARRAY(SELECT id FROM classify))
+                           AND fm.model_id = u.model_id AND fm.layer = u.layer AND fm.idx = u.idx
                            AND (f.name = :family OR f.label = :family))""")
         params["family"] = str(family)
-    order_col = {"layer": "u.layer", "kurtosis": "a.kurtosis", "skew": "a.skew", "act_frequency": "a.act_frequency",
-                 "w_out_norm": "w.w_out_norm", "input_bias": "w.input_bias"}.get(order_by, f"u.{order_by}")
+    stats_order = {"kurtosis": "a.kurtosis", "skew": "a.skew", "act_frequency": "a.act_frequency",
+                   "w_out_norm": "w.w_out_norm", "input_bias": "w.input_bias"}
     direction = "DESC NULLS LAST" if descending else "ASC NULLS LAST"
+    order_col = stats_order.get(order_by, f"u.{order_by}")
+    tie = "u.model_id, u.layer, u.idx"
     limit_sql = "LIMIT :limit" if limit is not None else ""
     if limit is not None:
         params["limit"] = int(limit)
+    # Limit first when the order is a universality column: each reference run contributes its own
+    # best `limit` rows (an index scan on (run_id, excess) for the default order), and only the
+    # survivors are joined to their statistics. Ordering by a statistic joins first.
+    inner_limit = limit_sql if order_by not in stats_order else ""
+    inner_col = order_by if order_by not in stats_order else "excess"  # matches the (run_id, excess) index
     return frame(engine, f"""
+        WITH runs AS MATERIALIZED (
+            SELECT r.id FROM latest_run r
+            JOIN model m ON m.id = r.model_id LEFT JOIN cohort c ON c.id = m.cohort_id
+            WHERE r.kind = 'correlation' {_where(run_where)}
+        ),
+        classify AS MATERIALIZED (SELECT id FROM latest_run WHERE kind = 'classify'),
+        stats_runs AS MATERIALIZED (SELECT id, model_id FROM latest_run WHERE kind = 'stats'),
+        weight_runs AS MATERIALIZED (SELECT id, model_id FROM latest_run WHERE kind = 'weights'),
+        top AS MATERIALIZED (
+            SELECT u.* FROM runs CROSS JOIN LATERAL (
+                SELECT u.* FROM neuron_universality u
+                WHERE u.run_id = runs.id {_where(where)}
+                ORDER BY u.{inner_col} {"DESC" if descending else "ASC"} {inner_limit}) u
+            ORDER BY u.{inner_col} {direction}, {tie} {inner_limit}
+        )
         SELECT m.name AS model, c.name AS cohort, u.layer::int AS layer, u.idx,
                u.excess::float8 AS excess, u.mean_corr::float8 AS mean_corr, u.min_corr::float8 AS min_corr,
                u.max_corr::float8 AS max_corr, u.mean_baseline::float8 AS mean_baseline, u.n_partners::int AS n_partners,
                a.act_frequency, a.skew, a.kurtosis, w.w_out_norm, w.input_bias,
-               (SELECT array_agg(l.label ORDER BY l.score DESC)
-                  FROM neuron_label l JOIN latest_run lr ON lr.id = l.run_id AND lr.kind = 'classify'
-                 WHERE l.model_id = u.model_id AND l.layer = u.layer AND l.idx = u.idx) AS labels
-        FROM latest_run r
-        JOIN neuron_universality u ON u.run_id = r.id
+               (SELECT array_agg(l.label ORDER BY l.score DESC) FROM neuron_label l
+                 WHERE l.run_id = ANY(ARRAY(SELECT id FROM classify))
+                   AND l.model_id = u.model_id AND l.layer = u.layer AND l.idx = u.idx) AS labels
+        FROM top u
         JOIN model m ON m.id = u.model_id
         LEFT JOIN cohort c ON c.id = m.cohort_id
-        LEFT JOIN latest_run rs ON rs.kind = 'stats' AND rs.model_id = u.model_id
+        LEFT JOIN stats_runs rs ON rs.model_id = u.model_id
         LEFT JOIN activation_stats a ON a.run_id = rs.id AND a.model_id = u.model_id AND a.layer = u.layer AND a.idx = u.idx
-        LEFT JOIN latest_run rw ON rw.kind = 'weights' AND rw.model_id = u.model_id
+        LEFT JOIN weight_runs rw ON rw.model_id = u.model_id
         LEFT JOIN weight_stats w ON w.run_id = rw.id AND w.model_id = u.model_id AND w.layer = u.layer AND w.idx = u.idx
-        WHERE r.kind = 'correlation' {_where(where)}
-        ORDER BY {order_col} {direction}, m.name, u.layer, u.idx
+        ORDER BY {order_col} {direction}, {tie}
         {limit_sql}
     """, params)
 
@@ -802,20 +822,40 @@ def neurons_for_token(engine: Engine, text: str, *, match: TokenMatch = "word", 
     if cohort is not None:
         where.append("c.name = :cohort")
         params["cohort"] = str(cohort)
+    # Materialised steps keep the plan small: the matching tokens (few), their activation rows via
+    # the (token_id, model_id) index, the best `limit` of them, and only then universality and labels.
     return frame(engine, f"""
-        WITH tok AS (SELECT v.tokenizer_id, v.token_id, v.text FROM vocab_token v WHERE {cond} LIMIT 500)
-        SELECT m.name AS model, c.name AS cohort, ta.layer::int AS layer, ta.idx, tok.text AS token, ta.token_id,
-               ta.mean_act::float8 AS mean_act, ta.max_act::float8 AS max_act, ta.count,
-               o.excess::float8 AS excess, o.labels
-        FROM tok
-        JOIN model m ON m.tokenizer_id = tok.tokenizer_id
-        LEFT JOIN cohort c ON c.id = m.cohort_id
-        JOIN latest_run r ON r.kind = 'stats' AND r.model_id = m.id
-        JOIN token_activation ta ON ta.run_id = r.id AND ta.model_id = m.id AND ta.token_id = tok.token_id
-        LEFT JOIN neuron_overview o ON o.model_id = ta.model_id AND o.layer = ta.layer AND o.idx = ta.idx
-        WHERE true {_where(where)}
-        ORDER BY ta.mean_act DESC, m.name, ta.layer, ta.idx LIMIT :limit
+        WITH tok AS MATERIALIZED (SELECT v.tokenizer_id, v.token_id, v.text FROM vocab_token v WHERE {cond} LIMIT 500),
+        stats_runs AS MATERIALIZED (SELECT id, model_id FROM latest_run WHERE kind = 'stats'),
+        hits AS MATERIALIZED (
+            SELECT ta.model_id, ta.layer, ta.idx, ta.token_id, tok.text, ta.mean_act, ta.max_act, ta.count
+            FROM tok
+            JOIN model m ON m.tokenizer_id = tok.tokenizer_id
+            LEFT JOIN cohort c ON c.id = m.cohort_id
+            JOIN stats_runs r ON r.model_id = m.id
+            JOIN token_activation ta ON ta.token_id = tok.token_id AND ta.model_id = m.id AND ta.run_id = r.id
+            WHERE true {_where(where)}
+            ORDER BY ta.mean_act DESC, ta.model_id, ta.layer, ta.idx LIMIT :limit
+        )
+        SELECT m.name AS model, c.name AS cohort, h.layer::int AS layer, h.idx, h.text AS token, h.token_id,
+               h.mean_act::float8 AS mean_act, h.max_act::float8 AS max_act, h.count,
+               (SELECT u.excess::float8 FROM latest_run rc JOIN neuron_universality u ON u.run_id = rc.id
+                 WHERE rc.kind = 'correlation' AND rc.model_id = h.model_id AND u.model_id = h.model_id
+                   AND u.layer = h.layer AND u.idx = h.idx LIMIT 1) AS excess,
+               (SELECT array_agg(l.label ORDER BY l.score DESC)
+                  FROM neuron_label l JOIN latest_run lr ON lr.id = l.run_id AND lr.kind = 'classify'
+                 WHERE l.model_id = h.model_id AND l.layer = h.layer AND l.idx = h.idx) AS labels
+        FROM hits h JOIN model m ON m.id = h.model_id LEFT JOIN cohort c ON c.id = m.cohort_id
+        ORDER BY h.mean_act DESC, m.name, h.layer, h.idx
     """, params | {"limit": int(limit)})
+
+
+def data_version(engine: Engine | Connection) -> str:
+    """A string that changes whenever a run finishes or is removed (for caching summaries)."""
+    with connect(engine) as conn:
+        row = conn.execute(sa.text(
+            "SELECT count(*), max(id), max(finished_at) FROM run WHERE status = 'done'")).one()
+    return f"{row[0]}:{row[1]}:{row[2]}"
 
 
 # ---------------------------------------------------------------- text report

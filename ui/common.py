@@ -41,6 +41,20 @@ def engine() -> Engine:
         st.stop()
 
 
+@st.cache_data(ttl=900, show_spinner="Summarising the atlas …", max_entries=256)
+def _summary(name: str, database: str, version: str, kwargs: tuple) -> pl.DataFrame:
+    return getattr(queries, name)(engine(), **dict(kwargs))
+
+
+def summary(eng: Engine, name: str, **kwargs) -> pl.DataFrame:
+    """``queries.<name>(eng, **kwargs)``, cached until a run finishes (``queries.data_version``).
+
+    For the whole-atlas aggregates of the overview, which scan every neuron (seconds on an atlas
+    of millions of neurons) but change only when a run is published.
+    """
+    return _summary(name, reader_url(eng), queries.data_version(eng), tuple(sorted(kwargs.items())))
+
+
 def reader_url(eng: Engine) -> str:
     return eng.url.render_as_string(hide_password=False)
 
@@ -207,15 +221,17 @@ def share_chart(layers: pl.DataFrame) -> alt.Chart:
 
 
 def distribution_chart(dist: pl.DataFrame) -> alt.Chart:
-    data = dist.filter(pl.col("measure").is_in(["mean_corr", "mean_baseline"])).with_columns(
-        pl.col("measure").replace({"mean_corr": "mean max-corr", "mean_baseline": "mean baseline"})).to_pandas()
+    data = (dist.filter(pl.col("measure").is_in(["mean_corr", "mean_baseline"]))
+            .group_by("measure", "bin_lo", "bin_hi").agg(pl.col("count").sum())  # all reference models together
+            .with_columns(pl.col("measure").replace({"mean_corr": "mean max-corr", "mean_baseline": "mean baseline"}))
+            .sort("measure", "bin_lo").to_pandas())
     return (alt.Chart(data).mark_bar(opacity=0.55, binSpacing=0).encode(
         x=alt.X("bin_lo:Q", bin="binned", title="correlation", scale=alt.Scale(domain=[0, 1])), x2="bin_hi:Q",
         y=alt.Y("count:Q", stack=None, title="neurons", scale=alt.Scale(type="symlog")),
         color=alt.Color("measure:N", scale=alt.Scale(domain=["mean max-corr", "mean baseline"],
                                                      range=["#d62728", "#7f7f7f"]), title=None,
                         legend=alt.Legend(orient="top")),
-        tooltip=["model", "measure", "bin_lo", "bin_hi", "count"],
+        tooltip=["measure", "bin_lo", "bin_hi", "count"],
     ).properties(height=260))
 
 

@@ -17,7 +17,7 @@ runs = queries.runs(eng, limit=500)
 threshold = st.sidebar.slider("Universality threshold (excess correlation)", 0.0, 1.0, 0.5, 0.05,
                               help="A reference neuron is universal when mean best-partner correlation minus the "
                                    "random-rotation baseline exceeds this (the paper: 0.5).")
-layers = queries.layer_universality(eng, threshold=threshold)
+layers = common.summary(eng, "layer_universality", threshold=threshold)
 
 c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric("Models", models.height)
@@ -39,7 +39,7 @@ with left:
         common.nothing_yet("No correlation run yet: run `atlas correlate` on a cohort.")
 with right:
     st.subheader("Mean max-correlation vs baseline")
-    dist = queries.correlation_distribution(eng, bins=40)
+    dist = common.summary(eng, "correlation_distribution", bins=40)
     if dist.height:
         st.altair_chart(common.distribution_chart(dist), width="stretch")
         st.caption("Per reference neuron: mean over partners of the best correlation (red) and of the best "
@@ -47,10 +47,16 @@ with right:
     else:
         common.nothing_yet("No correlations yet.")
 
-props = queries.universal_properties(eng, threshold=threshold)
-if props.height and props["n_universal"].sum() > 0:
+references = sorted(set(layers["model"].to_list())) if layers.height else []
+if references:
     st.subheader("What distinguishes universal neurons")
-    st.altair_chart(common.properties_chart(props), width="stretch")
+    reference = st.selectbox("Reference model", references, key="properties_model") if len(references) > 1 \
+        else references[0]
+    props = common.summary(eng, "universal_properties", model=reference, threshold=threshold)
+    if props.height and props["n_universal"].sum() > 0:
+        st.altair_chart(common.properties_chart(props), width="stretch")
+    else:
+        st.caption(f"No neuron of {reference} passes the threshold.")
     st.caption("Median within-layer percentile of each property: universal neurons (red) vs the rest. The paper: "
                "high skew and kurtosis, rarely firing, negative input bias.")
 
@@ -68,7 +74,7 @@ st.dataframe(runs.head(10).select("run_id", "kind", "status", "model", "cohort",
              hide_index=True, width="stretch",
              column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
 st.page_link("views/runs.py", label="All runs and live progress →")
-summary = queries.layer_summary(eng, threshold=threshold)
 with st.expander("Per-layer summary"):
+    summary = common.summary(eng, "layer_summary", threshold=threshold)
     st.dataframe(summary, hide_index=True, width="stretch")
     common.downloads(summary, "layer_summary", "overview-summary")

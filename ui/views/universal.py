@@ -35,7 +35,7 @@ table = queries.universal_neurons(
     order_by=order_by, limit=limit)
 
 if table.height == 0:
-    has_correlation = queries.layer_universality(eng).height > 0
+    has_correlation = queries.runs(eng, kind="correlation", status="done", limit=1).height > 0
     if has_correlation:
         st.info("No neuron passes these filters — lower the threshold or clear a filter.")
     else:
