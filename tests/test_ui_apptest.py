@@ -172,3 +172,28 @@ def test_sql_page_answers_queries_and_refuses_writes(atlas, ui_env):
         assert conn.execute(sa.text("SELECT count(*) FROM model WHERE name LIKE 'synth-%'")).scalar_one() == 3
         assert conn.execute(sa.text("SELECT count(*) FROM run")).scalar_one() == 10
         assert conn.execute(sa.text("SELECT count(*) FROM cohort")).scalar_one() == 1
+
+
+def _atlas(db_url: str, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")} | {"ATLAS_DATABASE_URL": db_url}
+    return subprocess.run([sys.executable, "-m", "atlas.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+@pytest.mark.slow
+def test_create_reader_and_ui_commands(ui_env, db_url):
+    import socket
+
+    res = _atlas(db_url, "db", "create-reader")
+    assert res.returncode == 0, res.stderr
+    assert "read-only role ready" in res.stdout and "_reader" in res.stdout
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = _atlas(db_url, "ui", "--port", str(port))
+    assert res.returncode == 2 and "pass another --port" in res.stderr and "Traceback" not in res.stderr
