@@ -236,6 +236,7 @@ def test_export_to_parquet_and_csv(engine, atlas, tmp_path):
         export.write(universal, tmp_path / "u.txt")
 
 
+@pytest.mark.slow
 def test_atlas_export_command(db_url, atlas, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")} | {"ATLAS_DATABASE_URL": db_url}
 
