@@ -688,7 +688,7 @@ def universal_properties(engine: Engine, *, model: ModelRef | None = None, thres
 
 def families(engine: Engine, *, label: str | None = None, cohort: str | None = None) -> pl.DataFrame:
     """Families of the newest classify runs: ``family_id, label, family, n_members, n_models,
-    layers`` (the layers its members sit in), ``evidence`` (JSON text), largest first.
+    layers`` (the layers its members sit in), ``models``, ``evidence`` (JSON text), largest first.
 
     >>> families(engine, label="unigram").select("family", "n_members", "n_models")  # doctest: +SKIP
     """
@@ -704,6 +704,8 @@ def families(engine: Engine, *, label: str | None = None, cohort: str | None = N
         SELECT f.id AS family_id, f.label, f.name AS family, f.n_members, f.n_models,
                (SELECT array_agg(DISTINCT fm.layer::int ORDER BY fm.layer::int) FROM family_member fm
                  WHERE fm.family_id = f.id) AS layers,
+               (SELECT array_agg(DISTINCT m.name ORDER BY m.name) FROM family_member fm JOIN model m ON m.id = fm.model_id
+                 WHERE fm.family_id = f.id) AS models,
                f.evidence::text AS evidence, f.run_id
         FROM family f JOIN latest_run r ON r.id = f.run_id
         WHERE true {_where(where)}

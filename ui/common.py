@@ -214,7 +214,9 @@ def vocab_chart(effects: pl.DataFrame, n: int = 10) -> alt.Chart:
 def share_chart(layers: pl.DataFrame) -> alt.Chart:
     data = layers.with_columns((pl.col("universal_share") * 100).alias("percent")).to_pandas()
     return (alt.Chart(data).mark_line(point=True).encode(
-        x=alt.X("layer:O", title="layer", axis=alt.Axis(labelAngle=0)), y=alt.Y("percent:Q", title="universal neurons (%)"),
+        x=alt.X("layer:O", title="layer", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("percent:Q", title="universal neurons (%)", axis=alt.Axis(format=".1f"),
+                scale=alt.Scale(domainMin=0, nice=True)),
         color=alt.Color("model:N", title="reference model"),
         tooltip=["model", "layer", "n_universal", "n_neurons", alt.Tooltip("percent:Q", format=".2f")],
     ).properties(height=260))

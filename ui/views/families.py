@@ -34,10 +34,12 @@ st.subheader("Families")
 label = st.selectbox("Label", ["any", *sorted(set(families["label"].to_list()))], key="family_label")
 shown = families if label == "any" else families.filter(families["label"] == label)
 st.dataframe(shown.drop("evidence", "run_id"), hide_index=True, width="stretch",
-             column_config={"layers": st.column_config.ListColumn("layers")})
+             column_config={"layers": st.column_config.ListColumn("layers"),
+                            "models": st.column_config.ListColumn("models")})
 
 ids = shown["family_id"].to_list()
-names = dict(zip(families["family_id"].to_list(), families["family"].to_list()))
+names = {r["family_id"]: f"{r['family']} — {r['n_members']} members in {', '.join(r['models'] or [])}"
+         for r in families.iter_rows(named=True)}
 wanted = st.query_params.get("family")
 default = ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in ids else 0
 if not ids:

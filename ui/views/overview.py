@@ -15,6 +15,7 @@ models = queries.models(eng)
 cohorts = queries.cohorts(eng)
 runs = queries.runs(eng, limit=500)
 threshold = st.sidebar.slider("Universality threshold (excess correlation)", 0.0, 1.0, 0.5, 0.05,
+                              key="threshold", bind="query-params",
                               help="A reference neuron is universal when mean best-partner correlation minus the "
                                    "random-rotation baseline exceeds this (the paper: 0.5).")
 layers = common.summary(eng, "layer_universality", threshold=threshold)
@@ -26,8 +27,9 @@ c3.metric("Neurons", f"{int(models['n_neurons'].sum()):,}")
 n_univ = int(layers["n_universal"].sum()) if layers.height else 0
 n_corr = int(layers["n_neurons"].sum()) if layers.height else 0
 c4.metric("Universal neurons", f"{n_univ:,}", help=f"excess > {threshold:g}, over {n_corr:,} correlated reference neurons")
+n_running = int((runs["status"] == "running").sum()) if runs.height else 0
 c5.metric("Runs done", int((runs["status"] == "done").sum()) if runs.height else 0,
-          delta=f"{int((runs['status'] == 'running').sum())} running" if runs.height else None, delta_color="off")
+          delta=f"{n_running} running" if n_running else None, delta_color="off")
 
 left, right = st.columns(2)
 with left:
@@ -55,10 +57,10 @@ if references:
     props = common.summary(eng, "universal_properties", model=reference, threshold=threshold)
     if props.height and props["n_universal"].sum() > 0:
         st.altair_chart(common.properties_chart(props), width="stretch")
+        st.caption("Median within-layer percentile of each property: universal neurons (red) vs the rest. The paper: "
+                   "high skew and kurtosis, rarely firing, negative input bias.")
     else:
-        st.caption(f"No neuron of {reference} passes the threshold.")
-    st.caption("Median within-layer percentile of each property: universal neurons (red) vs the rest. The paper: "
-               "high skew and kurtosis, rarely firing, negative input bias.")
+        st.caption(f"No neuron of {reference} passes the threshold — lower it in the sidebar.")
 
 st.subheader("Cohorts")
 st.dataframe(cohorts.drop("cohort_id"), hide_index=True, width="stretch",

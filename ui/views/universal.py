@@ -48,6 +48,8 @@ shown = common.with_links(table)
 event = st.dataframe(
     shown, hide_index=True, width="stretch", height=min(38 + 35 * shown.height, 640), key="universal-table",
     on_select="rerun", selection_mode="single-row",
+    column_order=["neuron", "model", "layer", "idx", "excess", "mean_corr", "mean_baseline", "labels", "min_corr",
+                  "max_corr", "act_frequency", "kurtosis", "skew", "w_out_norm", "input_bias", "cohort", "n_partners"],
     column_config={
         "neuron": common.link_column(),
         "excess": st.column_config.ProgressColumn("excess", min_value=0.0, max_value=1.0, format="%.3f"),
