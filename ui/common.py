@@ -108,6 +108,11 @@ def token_expr(column: str) -> pl.Expr:
             .str.replace_all("\t", "→", literal=True))
 
 
+def quoted_token_expr(column: str) -> pl.Expr:
+    """Tokens for tables: quoted, so a leading space shows (' the' vs 'the')."""
+    return pl.format("'{}'", token_expr(column)).alias(column)
+
+
 def _color(value: float | None, vmax: float) -> str:
     if value is None or vmax <= 0:
         return "transparent"

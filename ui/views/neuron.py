@@ -172,7 +172,7 @@ with fam:
         st.caption("Not in a family.")
     st.subheader("Tokens it fires on")
     if page["token_activations"].height:
-        st.dataframe(page["token_activations"].with_columns(common.token_expr("token")), hide_index=True, width="stretch")
+        st.dataframe(page["token_activations"].with_columns(common.quoted_token_expr("token")), hide_index=True, width="stretch")
     else:
         st.caption("No per-token activations stored.")
 

@@ -33,7 +33,7 @@ neurons = queries.neurons_for_token(eng, text, match=match, model=None if model 
 if neurons.height == 0:
     common.nothing_yet("No neuron keeps these tokens among its top tokens (or no statistics are ingested).")
     st.stop()
-shown = common.with_links(neurons.with_columns(common.token_expr("token")))
+shown = common.with_links(neurons.with_columns(common.quoted_token_expr("token")))
 st.dataframe(shown, hide_index=True, width="stretch",
              column_config={"neuron": common.link_column(), "labels": st.column_config.ListColumn("labels"),
                             "mean_act": st.column_config.NumberColumn("mean act", format="%.3f"),
