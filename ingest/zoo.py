@@ -52,8 +52,8 @@ class ZooConfig:
     vocab_size: int = 2048
     act_fn: str = "gelu_new"
     train_tokens: int = 400_000  # per seed: ~45 s at ~9k tokens/s on 2 idle CPU cores, 5 seeds < 4 min
-    batch_size: int = 16
-    lr: float = 3e-3
+    batch_size: int = 8  # at this budget more, smaller steps learn more per token (2-seed check: loss 4.9 vs 5.2 at 16)
+    lr: float = 2e-3
     warmup_frac: float = 0.05
     weight_decay: float = 0.01
     data_order: str = "seed"  # "seed": the seed also shuffles the rows; "shared": one order for all seeds
