@@ -234,8 +234,17 @@ def demo(seeds: int | None, device: str) -> None:
     from atlas import db as dbm
     from ingest.ingest_run import demo_ingest
 
+    from atlas import queries
+    from ingest.classify import classify
+    from ingest.correlate import correlate_cohort
+
     engine = dbm.connect(migrate=True)
-    demo_ingest(engine, seeds=seeds, device=device, log=click.echo)
+    result = demo_ingest(engine, seeds=seeds, device=device, log=click.echo)
+    click.echo(f"correlating the seeds of cohort {result['cohort']} …")
+    correlate_cohort(engine, result["cohort"], result["dataset"], device=device)
+    click.echo("labelling neuron families and roles …")
+    classify(engine, result["dataset"], cohort=result["cohort"], log=click.echo)
+    click.echo(queries.status_report(engine))
 
 
 # ---------------------------------------------------------------- cross-seed correlation

@@ -187,8 +187,8 @@ def plan(engine: Engine, manifest: Manifest) -> list[Step]:
                 "cohort": cohort.name, "dataset": cohort.dataset, "reference": cohort.reference,
             }, key=f"correlate:{cohort.name}:{cohort.dataset}"))
             continue
-        classified = {m for k, m, c, d in have["runs"] if k == "classify" and d == cohort.dataset}
-        if cohort.classify and (correlated or not cohort.correlate) and not {m.name for m in cohort.models} <= classified:
+        classified = ("classify", None, cohort.name, cohort.dataset) in have["runs"]  # one classify run per cohort
+        if cohort.classify and (correlated or not cohort.correlate) and not classified:
             steps.append(Step("classify_cohort", {"cohort": cohort.name, "dataset": cohort.dataset},
                               key=f"classify:{cohort.name}:{cohort.dataset}"))
     return steps
