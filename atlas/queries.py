@@ -90,6 +90,17 @@ def is_empty(engine: Engine) -> bool:
 
 # ---------------------------------------------------------------- models, cohorts, datasets, runs
 
+
+def _add_scope(engine: Engine, where: list[str], params: dict[str, Any], *, cohort: str | None,
+               model: ModelRef | None, model_column: str) -> None:
+    """Append the cohort-name and model filters (bound parameters) that many queries share."""
+    if cohort is not None:
+        where.append("c.name = :cohort")
+        params["cohort"] = str(cohort)
+    if model is not None:
+        where.append(f"{model_column} = :m")
+        params["m"] = model_id(engine, model)
+
 def models(engine: Engine, *, cohort: str | None = None) -> pl.DataFrame:
     """One row per model: name, cohort, seed label, shapes and neuron count.
 
@@ -457,12 +468,7 @@ def universal_neurons(
     if order_by not in UNIVERSAL_ORDER:
         raise AtlasError(f"cannot order universal neurons by {order_by!r} — use one of {', '.join(UNIVERSAL_ORDER)}")
     run_where, where, params = [], ["u.excess > :t"], {"t": float(threshold)}
-    if cohort is not None:
-        run_where.append("c.name = :cohort")
-        params["cohort"] = str(cohort)
-    if model is not None:
-        run_where.append("r.model_id = :m")
-        params["m"] = model_id(engine, model)
+    _add_scope(engine, run_where, params, cohort=cohort, model=model, model_column="r.model_id")
     if layer is not None:
         layers = [int(layer)] if isinstance(layer, (int, str)) else [int(x) for x in layer]
         where.append("u.layer = ANY(:layers)")
@@ -557,12 +563,7 @@ def correlation_distribution(engine: Engine, *, cohort: str | None = None, model
     if bins < 1 or hi <= lo:
         raise AtlasError("correlation_distribution needs bins ≥ 1 and hi > lo")
     where, params = [], {"bins": int(bins), "lo": float(lo), "hi": float(hi)}
-    if cohort is not None:
-        where.append("c.name = :cohort")
-        params["cohort"] = str(cohort)
-    if model is not None:
-        where.append("u.model_id = :m")
-        params["m"] = model_id(engine, model)
+    _add_scope(engine, where, params, cohort=cohort, model=model, model_column="u.model_id")
     if threshold is not None:
         where.append("u.excess > :t")
         params["t"] = float(threshold)
@@ -587,12 +588,7 @@ def correlation_scatter(engine: Engine, *, cohort: str | None = None, model: Mod
     """Per reference neuron ``mean_corr`` against ``mean_baseline`` (a sample of at most ``limit``
     neurons, highest excess first): ``model, layer, idx, mean_corr, mean_baseline, excess``."""
     where, params = [], {"limit": int(limit)}
-    if cohort is not None:
-        where.append("c.name = :cohort")
-        params["cohort"] = str(cohort)
-    if model is not None:
-        where.append("u.model_id = :m")
-        params["m"] = model_id(engine, model)
+    _add_scope(engine, where, params, cohort=cohort, model=model, model_column="u.model_id")
     return frame(engine, f"""
         SELECT m.name AS model, u.layer::int AS layer, u.idx, u.mean_corr::float8 AS mean_corr,
                u.mean_baseline::float8 AS mean_baseline, u.excess::float8 AS excess

@@ -17,6 +17,7 @@ connection, so the run can be resumed (from its checkpoint) by the next caller.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 import json
 import subprocess
 from dataclasses import dataclass, field
@@ -40,8 +41,9 @@ RESULT_TABLES = (
 _LOCK_NAMESPACE = 7212  # advisory-lock class for runs: pg_try_advisory_lock(7212, run_id)
 
 
+@lru_cache(maxsize=1)
 def code_version() -> str:
-    """The package version, plus the git commit when running from a checkout."""
+    """The package version, plus the git commit when running from a checkout (computed once per process)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -99,8 +101,7 @@ class RunHandle:
         psycopg connection of the transaction (e.g. rows that need generated ids).
         """
         with self.engine.begin() as conn:
-            for table in RESULT_TABLES:
-                conn.execute(sa.text(f"DELETE FROM {table} WHERE run_id = :id"), {"id": self.id})
+            _clear_results(conn, self.id)
             raw = conn.connection.driver_connection
             if callable(results):
                 results(raw)
@@ -148,6 +149,12 @@ class RunHandle:
                 exc = AtlasError("interrupted — rerun the same command to resume from the last checkpoint")
             self.fail(exc)
         self.close()
+
+
+def _clear_results(conn: Connection, run_id: int) -> None:
+    """Delete every result row of a run (before publishing it again, or when forced)."""
+    for table in RESULT_TABLES:
+        conn.execute(sa.text(f"DELETE FROM {table} WHERE run_id = :id"), {"id": run_id})
 
 
 def _run_table() -> sa.Table:
@@ -200,8 +207,7 @@ def begin_run(
 
     with engine.begin() as conn:
         if force and row is not None:
-            for table in RESULT_TABLES:
-                conn.execute(sa.text(f"DELETE FROM {table} WHERE run_id = :id"), {"id": run_id})
+            _clear_results(conn, run_id)
             tokens_done = 0
         conn.execute(
             sa.update(run).where(run.c.id == run_id).values(
