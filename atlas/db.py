@@ -84,7 +84,7 @@ def _explain_connect_error(err: Exception, shown: str) -> str:
 # ---------------------------------------------------------------- migrations
 
 def migrations_dir() -> Path:
-    import migrations
+    from atlas import migrations
 
     return Path(migrations.__file__).parent
 

@@ -1,4 +1,4 @@
-"""Benchmark of the cross-seed correlation engine (ingest/correlation.py).
+"""Benchmark of the cross-seed correlation engine (ingest/math/correlation.py).
 
     python -m bench.bench_correlation                      # CPU, a size that takes ~2 minutes
     python -m bench.bench_correlation --device cuda        # GPU: GPT2-small-shaped cohort
@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 
 from bench.reference_design import ReferenceCohort
-from ingest.correlation import (
+from atlas.ingest.math.correlation import (
     CohortCorrelation,
     batch_workspace_bytes,
     build_rotation,

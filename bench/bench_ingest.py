@@ -1,4 +1,4 @@
-"""Benchmark of the ingestion statistics pass (ingest/ingest_run.py, ingest/moments.py).
+"""Benchmark of the ingestion statistics pass (ingest/runs/stats.py, ingest/math/moments.py).
 
     python -m bench.bench_ingest                   # CPU: the demo cohort's shape (2 × 512 neurons, vocab 2048)
     python -m bench.bench_ingest --device cuda     # GPU: a GPT2-small-shaped random model (12 × 3072, vocab 50257)
@@ -76,11 +76,11 @@ def timed(fns: dict[str, Callable[[], object]], device: str, repeats: int) -> di
 
 
 def make_model(shape: dict, directory: Path, device: str):
-    """A random-init GPT-2 of ``shape`` saved as a checkpoint and loaded through ``ingest.models``."""
+    """A random-init GPT-2 of ``shape`` saved as a checkpoint and loaded through ``atlas.ingest.models``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from ingest.models import load_model
-    from ingest.zoo import train_tokenizer
+    from atlas.ingest.models import load_model
+    from atlas.ingest.zoo import train_tokenizer
 
     tok = train_tokenizer([f"word{i} " * 3 for i in range(2000)], min(shape["vocab"], 2048))
     cfg = GPT2Config(vocab_size=shape["vocab"], n_positions=shape["n_ctx"], n_ctx=shape["n_ctx"], n_embd=shape["d_model"],
@@ -156,9 +156,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--no-db", action="store_true")
     args = parser.parse_args(argv)
 
-    from ingest.activations import kept_token_mask, mlp_activations
-    from ingest.ingest_run import _token_sum_dtype
-    from ingest.moments import Histogram, Moments, NeuronStatsAccumulator, TokenTable, TopK, histogram_edges
+    from atlas.ingest.activations import kept_token_mask, mlp_activations
+    from atlas.ingest.runs.stats import _token_sum_dtype
+    from atlas.ingest.math.moments import Histogram, Moments, NeuronStatsAccumulator, TokenTable, TopK, histogram_edges
 
     device = args.device
     shape = SHAPES[args.shape or ("gpt2-small" if device.startswith("cuda") else "demo")]

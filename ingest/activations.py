@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from atlas.errors import AtlasError
-from ingest.models import LoadedModel
+from atlas.ingest.models import LoadedModel
 
 HOOKS = ("pre", "post")
 
@@ -95,7 +95,7 @@ def iter_dataset_batches(engine_or_rows: Any, dataset: Any, batch_size: int,
     """Yield ``(first_row_idx, LongTensor[batch, ctx])`` over a dataset's rows in ``row_idx`` order.
 
     ``engine_or_rows`` is a SQLAlchemy engine (rows are read from ``dataset_row`` of ``dataset``:
-    a name, id, or ``ingest.store.DatasetInfo``) or the rows themselves (``LongTensor[n_rows, ctx]``
+    a name, id, or ``atlas.ingest.store.DatasetInfo``) or the rows themselves (``LongTensor[n_rows, ctx]``
     or a list of equal-length token lists; ``dataset`` is then ignored). Starts at ``start_row``.
     """
     if batch_size < 1:
@@ -108,7 +108,7 @@ def iter_dataset_batches(engine_or_rows: Any, dataset: Any, batch_size: int,
 
     import sqlalchemy as sa
 
-    from ingest.store import resolve_dataset
+    from atlas.ingest.store import resolve_dataset
 
     info = resolve_dataset(engine_or_rows, dataset)
     query = sa.text("SELECT row_idx, tokens FROM dataset_row WHERE dataset_id = :d AND row_idx >= :s "

@@ -96,7 +96,7 @@ def load_model(source: str, device: str = "cpu", dtype: torch.dtype | None = Non
     """Load ``source`` (hub name or local HF checkpoint dir) through ``TransformerBridge``.
 
     ``dtype`` defaults to float32 (also on CUDA: activations are computed under fp16 autocast by
-    ``ingest.activations``, while weights and statistics stay fp32). Raises a one-line
+    ``atlas.ingest.activations``, while weights and statistics stay fp32). Raises a one-line
     ``AtlasError`` when the model cannot be found, downloaded or read.
     """
     device = resolve_device(device)

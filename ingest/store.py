@@ -37,7 +37,7 @@ def vocab_texts(tokenizer: Any) -> list[str]:
 def register_tokenizer(engine_or_conn: Engine | Connection, tokenizer: Any, *, name: str | None = None,
                        content_hash: str | None = None) -> int:
     """Get or create the ``tokenizer`` row (by content hash) and its ``vocab_token`` rows; return its id."""
-    from ingest.models import special_token_ids, tokenizer_fingerprint
+    from atlas.ingest.models import special_token_ids, tokenizer_fingerprint
 
     content_hash = content_hash or tokenizer_fingerprint(tokenizer)
     with _transaction(engine_or_conn) as conn:
@@ -61,7 +61,7 @@ def register_tokenizer(engine_or_conn: Engine | Connection, tokenizer: Any, *, n
 # ---------------------------------------------------------------- models
 
 def register_model(engine: Engine, loaded: Any, cohort: str | None = None, seed_label: str | None = None) -> int:
-    """Get or create the ``model`` row of ``loaded`` (an ``ingest.models.LoadedModel``) and its neurons.
+    """Get or create the ``model`` row of ``loaded`` (an ``atlas.ingest.models.LoadedModel``) and its neurons.
 
     Also registers its tokenizer and, when ``cohort`` is given, the cohort (created with this
     model's tokenizer; a model whose tokenizer differs from the cohort's is refused). Idempotent:

@@ -3,14 +3,14 @@
 ``train_cohort(config, documents)`` trains one byte-level BPE tokenizer on the documents, then one
 ``GPT2LMHeadModel`` per seed, and saves each as a Hugging Face checkpoint directory (weights,
 config, tokenizer) under ``ATLAS_HOME/models/<cohort>/<cohort>-<label>/``, which
-``ingest.models.load_model`` reads. The models differ only by seed.
+``atlas.ingest.models.load_model`` reads. The models differ only by seed.
 
 What a seed changes. Like the paper's seed cohorts (Mistral's GPT-2 seeds differ in initialisation
 *and* data order), the seed sets both the parameter initialisation and the order of the training
 rows (``data_order="seed"``, the default). ``data_order="shared"`` keeps one row order for every
 seed (only the initialisation differs), which isolates the effect of initialisation.
 
-Training rows follow the dataset format of ``ingest.tokens``: BOS + ``n_ctx - 1`` tokens of the
+Training rows follow the dataset format of ``atlas.ingest.datasets``: BOS + ``n_ctx - 1`` tokens of the
 document stream, documents separated by the EOS token (GPT-2 style, BOS = EOS = ``<|endoftext|>``).
 
 Caching and determinism. A checkpoint directory carries ``zoo.json`` (the config, seed, a hash of

@@ -2,19 +2,19 @@
 
 ``tiny_cohort`` (session-scoped) is a ``TinyCohort``:
 
-- ``paths: list[Path]``   Hugging Face checkpoint dirs (load with ``ingest.models.load_model(str(p))``)
+- ``paths: list[Path]``   Hugging Face checkpoint dirs (load with ``atlas.ingest.models.load_model(str(p))``)
 - ``names: list[str]``    model names (``tiny-a``, ``tiny-b``, ``tiny-c``: the directory names)
 - ``labels: list[str]``   seed labels (``a``, ``b``, ``c``)
 - ``tokenizer_dir: Path`` the shared tokenizer (also saved inside every checkpoint dir)
 - ``tokenizer``           that tokenizer (``transformers.PreTrainedTokenizerFast``)
-- ``config``              the ``ingest.zoo.ZooConfig`` (3 seeds, 2 layers, d_model 32, d_mlp 64, vocab ≤ 384, n_ctx 32)
+- ``config``              the ``atlas.ingest.zoo.ZooConfig`` (3 seeds, 2 layers, d_model 32, d_mlp 64, vocab ≤ 384, n_ctx 32)
 - ``texts: list[str]``    held-out grammar documents (not seen in training)
 - ``rows: LongTensor[n_rows, 32]`` those texts as dataset rows (BOS + 31 tokens, EOS between documents)
 - ``filter_rule: dict``   the dataset filter rule (``exclude_token_ids``: BOS/EOS and newline)
 - ``context_length``      32
-- ``store_dataset(engine, name="tiny") -> ingest.store.DatasetInfo``  write rows + tokenizer to a test DB
+- ``store_dataset(engine, name="tiny") -> atlas.ingest.store.DatasetInfo``  write rows + tokenizer to a test DB
 
-Models are trained on a generated grammar corpus (``ingest.corpus.grammar_corpus``) in a few
+Models are trained on a generated grammar corpus (``atlas.ingest.corpus.grammar_corpus``) in a few
 seconds, once: the checkpoints are cached under ``$TMPDIR/atlas-tiny-cohort-<config hash>`` (or
 ``ATLAS_TEST_COHORT_DIR``) and reused by later sessions; training is deterministic per seed. A file
 lock makes concurrent test sessions share one training.
@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import torch
 
-from ingest.zoo import ZooConfig
+from atlas.ingest.zoo import ZooConfig
 
 TINY = ZooConfig(name="tiny", seeds=(1, 2, 3), n_layers=2, d_model=32, d_mlp=64, n_heads=4, n_ctx=32,
                  vocab_size=384, train_tokens=96_000, batch_size=16, lr=5e-3, threads=1)
@@ -56,10 +56,10 @@ class TinyCohort:
 
     def store_dataset(self, engine, name: str = "tiny"):
         """Store the held-out rows as dataset ``name`` (idempotent); return its ``DatasetInfo``."""
-        from ingest.store import get_dataset, store_dataset
-        from ingest.tokens import rows_hash
+        from atlas.ingest.store import get_dataset, store_dataset
+        from atlas.ingest.datasets import rows_hash
 
-        from ingest.activations import kept_token_mask
+        from atlas.ingest.activations import kept_token_mask
 
         store_dataset(engine, name=name, source="grammar:held-out", tokenizer=self.tokenizer, rows=self.rows,
                       filter_rule=self.filter_rule, content_hash=rows_hash(self.rows),
@@ -79,9 +79,9 @@ def build_tiny_cohort(root: Path | None = None) -> TinyCohort:
     import fasteners
     from transformers import PreTrainedTokenizerFast
 
-    from ingest.corpus import grammar_corpus
-    from ingest.tokens import build_rows
-    from ingest.zoo import train_cohort
+    from atlas.ingest.corpus import grammar_corpus
+    from atlas.ingest.datasets import build_rows
+    from atlas.ingest.zoo import train_cohort
 
     root = root or cohort_dir()
     root.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def _post(loaded, rows: torch.Tensor) -> np.ndarray:
-    from ingest.activations import mlp_activations
+    from atlas.ingest.activations import mlp_activations
 
     return mlp_activations(loaded, rows, hooks=("post",))["post"].double().numpy()  # [rows, ctx, L, d_mlp]
 
@@ -53,10 +53,10 @@ def _store_correlation(engine, cohort_id: int, dataset_id: int, ids: list[int], 
 
 @pytest.fixture
 def classified(engine, tiny_cohort, atlas_home):
-    from ingest.activations import kept_token_mask
-    from ingest.classify import ClassifyConfig, classify
-    from ingest.models import load_model
-    from ingest.store import register_model
+    from atlas.ingest.activations import kept_token_mask
+    from atlas.ingest.runs.classify import ClassifyConfig, classify
+    from atlas.ingest.models import load_model
+    from atlas.ingest.store import register_model
 
     info = tiny_cohort.store_dataset(engine)
     loaded, ids = [], []
@@ -121,8 +121,8 @@ def test_classify_stores_features_labels_families(classified):
     from click.testing import CliRunner
 
     from atlas import queries
-    from atlas.cli import main
-    from ingest.classify import classify
+    from atlas.app.cli import main
+    from atlas.ingest.runs.classify import classify
 
     assert classify(engine, classified["info"].name, cohort="tiny", config=classified["config"], log=lambda m: None) is None
     result = CliRunner().invoke(main, ["classify", "--cohort", "tiny", "--dataset", "tiny", "--min-token-count", "3",
@@ -139,7 +139,7 @@ def test_classify_stores_features_labels_families(classified):
 
 
 def test_stored_variance_reduction_matches_numpy(classified):
-    from ingest.features import frequent_token_ids, position_features, token_features
+    from atlas.ingest.math.features import frequent_token_ids, position_features, token_features
 
     engine, run_id = classified["engine"], classified["run_id"]
     rows, keep, cfg = classified["rows"].numpy(), classified["keep"], classified["config"]
@@ -178,7 +178,7 @@ def test_stored_variance_reduction_matches_numpy(classified):
 def test_cli_errors_are_one_line(engine):
     from click.testing import CliRunner
 
-    from atlas.cli import main
+    from atlas.app.cli import main
 
     result = CliRunner().invoke(main, ["classify", "--cohort", "nope", "--dataset", "nope"])
     assert result.exit_code != 0
@@ -192,9 +192,9 @@ def test_killed_run_resumes_from_checkpoint(engine, tiny_cohort, atlas_home, tmp
     import shutil
 
     from atlas.errors import AtlasError
-    from ingest.classify import ClassifyConfig, classify
-    from ingest.models import load_model
-    from ingest.store import register_model
+    from atlas.ingest.runs.classify import ClassifyConfig, classify
+    from atlas.ingest.models import load_model
+    from atlas.ingest.store import register_model
 
     info = tiny_cohort.store_dataset(engine)
     copy = tmp_path / "models" / tiny_cohort.names[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-ATLAS = [sys.executable, "-m", "atlas.cli"]
+ATLAS = [sys.executable, "-m", "atlas.app.cli"]
 
 
 def _atlas(*args: str, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -22,7 +22,7 @@ def _atlas(*args: str, env: dict[str, str] | None = None, timeout: int = 120) ->
 def test_help_documents_every_command():
     out = _atlas("--help").stdout
     assert "ATLAS_DATABASE_URL" in out and "ATLAS_HOME" in out
-    from atlas.cli import main
+    from atlas.app.cli import main
 
     for name in main.commands:
         assert name in out

@@ -27,9 +27,9 @@ TOL = 1e-4
 def cohort(engine, tiny_cohort, tmp_path, monkeypatch):
     """The tiny cohort registered as cohort "tiny", its held-out rows as dataset "tiny", and the
     float64 hook_post activations of every model at the kept positions."""
-    from ingest.activations import flatten_neurons, kept_token_mask, mlp_activations
-    from ingest.models import load_model
-    from ingest.store import register_model
+    from atlas.ingest.activations import flatten_neurons, kept_token_mask, mlp_activations
+    from atlas.ingest.models import load_model
+    from atlas.ingest.store import register_model
 
     monkeypatch.setenv("ATLAS_HOME", str(tmp_path))  # checkpoints go here
     info = tiny_cohort.store_dataset(engine)
@@ -59,14 +59,14 @@ def rows(engine, table: str, run_id: int) -> pl.DataFrame:
 
 
 def correlate(c, **kwargs):
-    from ingest.correlate import correlate_cohort
+    from atlas.ingest.runs.correlate import correlate_cohort
 
     kwargs = {"device": "cpu", "progress": False, "log": None, "batch_size": 16, **kwargs}
     return correlate_cohort(c["engine"], "tiny", "tiny", **kwargs)
 
 
 def test_stored_results_equal_float64_reference_and_repeat_is_noop(cohort):
-    from ingest.correlation import build_rotation
+    from atlas.ingest.math.correlation import build_rotation
 
     engine, ids, posts, (n_layers, d_mlp) = cohort["engine"], cohort["ids"], cohort["posts"], cohort["shape"]
     n = n_layers * d_mlp
@@ -193,7 +193,7 @@ def test_cohort_with_differing_tokenizers_is_refused(cohort):
 def test_cli_correlate_runs_and_repeats_as_noop(cohort, db_url):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
     env.update({"ATLAS_DATABASE_URL": db_url, "ATLAS_HOME": str(cohort["home"])})
-    cmd = [sys.executable, "-m", "atlas.cli", "correlate", "--cohort", "tiny", "--dataset", "tiny", "--device", "cpu",
+    cmd = [sys.executable, "-m", "atlas.app.cli", "correlate", "--cohort", "tiny", "--dataset", "tiny", "--device", "cpu",
            "--quiet", "--top-k", "5"]
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 0, first.stderr

@@ -8,15 +8,15 @@ import json
 import polars as pl
 import pytest
 
-from ingest.families import LabelThresholds, build_families, label_neurons, syntax_status, topic_match
+from atlas.ingest.math.families import LabelThresholds, build_families, label_neurons, syntax_status, topic_match
 
 
 # ---------------------------------------------------------------- the planted model, end to end
 
 @pytest.fixture(scope="module")
 def planted_labels(tmp_path_factory):
-    from ingest.features import FeatureAccumulator, neuron_table, position_features, score_features, token_features
-    from ingest.roles import attention_deactivation, bos_keys, entropy_effect, entropy_intervention, role_table
+    from atlas.ingest.math.features import FeatureAccumulator, neuron_table, position_features, score_features, token_features
+    from atlas.ingest.math.roles import attention_deactivation, bos_keys, entropy_effect, entropy_intervention, role_table
     from tests.planted_gpt2 import D_MLP, N_CTX, V, build_planted, layer_acts, load_bridge
 
     p = build_planted(tmp_path_factory.mktemp("planted") / "model")

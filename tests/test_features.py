@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 import torch
 
-from ingest.features import (
+from atlas.ingest.math.features import (
     FeatureAccumulator, FeatureSet, bucket_edges, frequent_token_ids, neuron_table, position_features,
     score_features, token_features, top_tokens,
 )

@@ -16,12 +16,12 @@ import torch
 from click.testing import CliRunner
 from scipy import stats as sps
 
-from atlas.cli import main
+from atlas.app.cli import main
 from atlas.errors import AtlasError
-from ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
-from ingest.ingest_run import StatsOptions, ingest_model
-from ingest.models import load_model
-from ingest.moments import histogram_edges
+from atlas.ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
+from atlas.ingest.runs.stats import StatsOptions, ingest_model
+from atlas.ingest.models import load_model
+from atlas.ingest.math.moments import histogram_edges
 
 RESULT_TABLES = {
     "activation_stats": "layer, idx",
@@ -135,7 +135,7 @@ def test_bad_input_fails_in_one_line_and_leaves_the_db_unchanged(tiny_db, tiny_c
     with pytest.raises(AtlasError, match="no model checkpoint directory"):
         ingest_model(engine, str(tmp_path / "missing"), dataset="tiny")
     # a dataset longer than the model's context
-    from ingest.tokens import build_dataset
+    from atlas.ingest.datasets import build_dataset
 
     build_dataset(engine, "long", tokenizer_source=str(tiny_cohort.tokenizer_dir), documents=tiny_cohort.texts,
                   context_length=64)
@@ -215,7 +215,7 @@ def test_cli_dataset_build_ingest_and_status(db_url, atlas_home, tiny_cohort, tm
 @pytest.mark.slow
 def test_sigkilled_run_resumes_to_identical_results(tiny_db, db_url, atlas_home, tiny_cohort):
     engine = tiny_db
-    cmd = [sys.executable, "-m", "atlas.cli", "ingest", "--model", str(tiny_cohort.paths[1]), "--dataset", "tiny",
+    cmd = [sys.executable, "-m", "atlas.app.cli", "ingest", "--model", str(tiny_cohort.paths[1]), "--dataset", "tiny",
            "--no-weights", "--batch-size", "8", "--checkpoint-every", "256"]
     env = dict(os.environ, ATLAS_DATABASE_URL=db_url, ATLAS_HOME=str(atlas_home))
     proc = subprocess.Popen(cmd + ["--batch-delay", "0.25"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

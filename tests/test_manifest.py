@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from atlas.errors import AtlasError
-from atlas.manifest import load_manifest, plan
+from atlas.app.manifest import load_manifest, plan
 
 MANIFEST = """
 [datasets.tiny]

@@ -9,9 +9,9 @@ import sqlalchemy as sa
 import torch
 
 from atlas.errors import AtlasError
-from ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
-from ingest.models import check_same_tokenizer, load_model, tokenizer_fingerprint
-from ingest.store import load_dataset_rows, register_model
+from atlas.ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
+from atlas.ingest.models import check_same_tokenizer, load_model, tokenizer_fingerprint
+from atlas.ingest.store import load_dataset_rows, register_model
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,8 @@ def _other_tokenizer_checkpoint(tmp_path):
     """A tiny GPT-2 checkpoint whose tokenizer was trained on different text."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from ingest.corpus import grammar_corpus
-    from ingest.zoo import train_tokenizer
+    from atlas.ingest.corpus import grammar_corpus
+    from atlas.ingest.zoo import train_tokenizer
 
     tok = train_tokenizer([d.lower() for d in grammar_corpus(50, seed=9)], 300)
     cfg = GPT2Config(vocab_size=len(tok), n_positions=32, n_ctx=32, n_embd=32, n_layer=1, n_head=4, n_inner=64,

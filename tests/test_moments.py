@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from ingest.moments import Histogram, Moments, NeuronStatsAccumulator, TokenTable, TopK, histogram_edges
+from atlas.ingest.math.moments import Histogram, Moments, NeuronStatsAccumulator, TokenTable, TopK, histogram_edges
 
 
 def _batches(x: torch.Tensor, sizes):

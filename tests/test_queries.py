@@ -241,7 +241,7 @@ def test_atlas_export_command(db_url, atlas, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")} | {"ATLAS_DATABASE_URL": db_url}
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "atlas.cli", "export", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "atlas.app.cli", "export", *args], capture_output=True, text=True,
                               env=env, timeout=120)
 
     res = run("universal-neurons", "-p", "threshold=0.5", "--out", str(tmp_path / "u.parquet"))

@@ -158,7 +158,7 @@ def test_filter_inputs_cannot_inject_sql(engine, atlas):
 
 
 def test_token_text_is_escaped_in_the_ui(engine, atlas):
-    from ui import common
+    from atlas.ui import common
 
     rendered = common.tokens_html(["<b>bold</b>", " & co", "\n"], [1.0, None, -0.5], center=0, vmax=1.0)
     assert "<b>bold</b>" not in rendered and "&lt;b&gt;bold&lt;/b&gt;" in rendered

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 import torch
 
 from atlas.errors import AtlasError
-from ingest.store import get_dataset, load_dataset_rows, store_dataset
-from ingest.tokens import build_dataset, build_rows, filter_rule_for, iter_file_documents, rows_hash
+from atlas.ingest.store import get_dataset, load_dataset_rows, store_dataset
+from atlas.ingest.datasets import build_dataset, build_rows, filter_rule_for, iter_file_documents, rows_hash
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_hf_dataset_offline_is_one_line(monkeypatch):
     import datasets.config
     import huggingface_hub.constants
 
-    from ingest.tokens import iter_hf_documents
+    from atlas.ingest.datasets import iter_hf_documents
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)

@@ -23,7 +23,7 @@ def ui_env(engine, monkeypatch):
     for name in ("ATLAS_READER_URL", "ATLAS_READER_ROLE", "ATLAS_READER_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
     yield engine
-    from ui import common
+    from atlas.ui import common
 
     common._reader_engine.clear()
     url = readonly.reader_url(engine.url.render_as_string(hide_password=False))
@@ -180,7 +180,7 @@ def _atlas(db_url: str, *args: str):
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")} | {"ATLAS_DATABASE_URL": db_url}
-    return subprocess.run([sys.executable, "-m", "atlas.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "atlas.app.cli", *args], capture_output=True, text=True, env=env,
                           timeout=120)
 
 

@@ -47,7 +47,7 @@ def served_atlas(engine, db_url, tmp_path):
         "ATLAS_DATABASE_URL": db_url, "ATLAS_HOME": str(tmp_path / "home")}
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "ui-server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "atlas.cli", "ui", "--port", str(port)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "atlas.app.cli", "ui", "--port", str(port)], env=env, cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ingest.weights import model_weight_stats, weight_stats
+from atlas.ingest.math.weights import model_weight_stats, weight_stats
 
 
 def _reference(w_in, b, w_out, W_U, k):
@@ -69,7 +69,7 @@ def test_random_directions_have_gaussian_vocab_kurtosis():
 
 
 def test_model_weight_stats_use_processed_weights(tiny_cohort):
-    from ingest.models import load_model
+    from atlas.ingest.models import load_model
 
     m = load_model(str(tiny_cohort.paths[0]))
     got = model_weight_stats(m)

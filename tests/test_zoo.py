@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from atlas.errors import AtlasError
-from ingest.corpus import grammar_corpus
-from ingest.zoo import SPECIAL, ZooConfig, stream_to_rows, train_cohort, train_tokenizer
+from atlas.ingest.corpus import grammar_corpus
+from atlas.ingest.zoo import SPECIAL, ZooConfig, stream_to_rows, train_cohort, train_tokenizer
 from tests.cohort_fixtures import TINY, TRAIN_DOCS, TRAIN_SEED
 
 
@@ -83,6 +83,6 @@ def test_cli_zoo_train_on_own_files(atlas_home, tmp_path):
 
 
 def main_cli():
-    from atlas.cli import main
+    from atlas.app.cli import main
 
     return main

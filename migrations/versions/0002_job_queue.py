@@ -3,7 +3,7 @@
 Keeping the queue in its own schema keeps the atlas tables and views readable (``\\dt`` in psql)
 and makes the downgrade one statement. The SQL comes from the installed procrastinate package
 (its documented way to create its schema); its workers connect with
-``search_path=procrastinate,public`` (atlas/jobs.py).
+``search_path=procrastinate,public`` (app/queue.py).
 
 Revision ID: 0002
 Revises: 0001

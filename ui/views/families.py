@@ -7,7 +7,7 @@ import json
 import streamlit as st
 
 from atlas import queries
-from ui import common
+from atlas.ui import common
 
 common.page_header("Families", "Neurons that share a label and its feature, within a model and across seeds "
                                "(linked by partner correlation).")

@@ -9,7 +9,7 @@ import json
 import streamlit as st
 
 from atlas import queries
-from ui import common
+from atlas.ui import common
 
 common.page_header("Neuron", "Everything the atlas knows about one MLP neuron. Share the URL: it names the neuron.")
 eng = common.engine()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from atlas import queries
-from ui import common
+from atlas.ui import common
 
 common.page_header("Neuron Atlas", "Which MLP neurons does every training seed learn, and what do they do?")
 eng = common.engine()

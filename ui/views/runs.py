@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from atlas import queries
-from ui import common
+from atlas.ui import common
 
 common.page_header("Runs", "Every computation is a run: kind, subject, status, progress, timings, error.")
 eng = common.engine()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from atlas import queries
-from ui import common
+from atlas.ui import common
 
 common.page_header("Search by token", "Which neurons fire on ' the'? Neurons that keep the token among their top "
                                       "tokens, by mean hook_post when it is the current token.")

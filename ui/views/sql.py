@@ -6,7 +6,7 @@ import streamlit as st
 
 from atlas import queries, readonly
 from atlas.errors import AtlasError
-from ui import common
+from atlas.ui import common
 
 common.page_header("SQL", "Ask the atlas anything in SQL. Runs as the read-only role: one query (SELECT / WITH / "
                           "VALUES / TABLE), a timeout, and a row cap. Views are documented in docs/queries.md.")

@@ -146,9 +146,9 @@ def zoo_train(name: str, seeds: int, train_tokens: int | None, data_order: str, 
     """Train the tokenizer and one model per seed; cached under ATLAS_HOME/models/NAME."""
     from dataclasses import replace
 
-    from ingest.corpus import fetch_demo_corpus, read_documents
-    from ingest.tokens import iter_file_documents
-    from ingest.zoo import DEMO, train_cohort
+    from atlas.ingest.corpus import fetch_demo_corpus, read_documents
+    from atlas.ingest.datasets import iter_file_documents
+    from atlas.ingest.zoo import DEMO, train_cohort
 
     if seeds < 1:
         raise AtlasError("--seeds must be at least 1")
@@ -184,7 +184,7 @@ def dataset_build(name, tokenizer_source, model_source, inputs, hf_dataset, spli
                   max_tokens, shuffle_seed, force) -> None:
     """Tokenise a corpus into rows of BOS + tokens (documents separated by EOS) and store them as NAME."""
     from atlas import db as dbm
-    from ingest.tokens import build_dataset
+    from atlas.ingest.datasets import build_dataset
 
     engine = dbm.connect(migrate=True)
     info = build_dataset(engine, name, tokenizer_source=tokenizer_source, model_source=model_source, inputs=inputs,
@@ -215,7 +215,7 @@ def ingest_cmd(source, name, cohort, seed_label, dataset_name, device, batch_siz
                resume, force, weights, stats, batch_delay) -> None:
     """Per-neuron statistics of one model: weights, and one streaming pass over a dataset."""
     from atlas import db as dbm
-    from ingest.ingest_run import StatsOptions, ingest_model
+    from atlas.ingest.runs.stats import StatsOptions, ingest_model
 
     engine = dbm.connect(migrate=True)
     options = StatsOptions(top_k=top_k, top_tokens=top_tokens, batch_size=batch_size,
@@ -232,11 +232,11 @@ def ingest_cmd(source, name, cohort, seed_label, dataset_name, device, batch_siz
 def demo(seeds: int | None, device: str) -> None:
     """Train the demo cohort (cached), build the demo dataset, ingest every model; then the later steps."""
     from atlas import db as dbm
-    from ingest.ingest_run import demo_ingest
+    from atlas.ingest.runs.stats import demo_ingest
 
     from atlas import queries
-    from ingest.classify import classify
-    from ingest.correlate import correlate_cohort
+    from atlas.ingest.runs.classify import classify
+    from atlas.ingest.runs.correlate import correlate_cohort
 
     engine = dbm.connect(migrate=True)
     result = demo_ingest(engine, seeds=seeds, device=device, log=click.echo)
@@ -279,7 +279,7 @@ def correlate_cmd(cohort, dataset_name, reference, rotation, seed, top_k, device
     cohort + dataset again is a no-op.
     """
     from atlas import db as dbm
-    from ingest.correlate import correlate_cohort
+    from atlas.ingest.runs.correlate import correlate_cohort
 
     engine = dbm.connect(migrate=True)
     correlate_cohort(engine, cohort, dataset_name, reference, rotation=rotation, seed=seed, top_k=top_k, device=device,
@@ -330,7 +330,7 @@ def classify_cmd(cohort, models, run_id, dataset, device, batch_size, max_rows, 
     import sqlalchemy as sa
 
     from atlas import db as dbm
-    from ingest.classify import ClassifyConfig, classify, thresholds_from_options
+    from atlas.ingest.runs.classify import ClassifyConfig, classify, thresholds_from_options
 
     engine = dbm.connect(migrate=True)
     if run_id is not None:
@@ -365,12 +365,12 @@ def schedule(manifest: str, dry_run: bool) -> None:
     """
     from atlas import db as dbm
     from atlas import jobs
-    from atlas.manifest import load_manifest
+    from atlas.app.manifest import load_manifest
 
     loaded = load_manifest(manifest)
     dbm.connect(migrate=True)
     if dry_run:
-        from atlas.manifest import plan
+        from atlas.app.manifest import plan
 
         outcomes = [(s, "would enqueue") for s in plan(dbm.connect(), loaded)]
     else:
@@ -440,7 +440,7 @@ def ui(port: int, address: str) -> None:
             probe.bind((address, port))
         except OSError as err:
             raise AtlasError(f"cannot serve on {address}:{port} ({err.strerror}) — pass another --port") from err
-    import ui as ui_package
+    from atlas import ui as ui_package
 
     app = Path(ui_package.__file__).parent / "app.py"
     shown = "localhost" if address in ("127.0.0.1", "0.0.0.0", "::") else address

@@ -3,7 +3,7 @@
 ``correlate_cohort(engine, cohort, dataset)`` streams the dataset's token rows once through every
 model of the cohort (reference and partners: one forward pass per model per batch), drops the
 positions the dataset's stored filter rule excludes, and feeds the activations to the pure
-accumulator of ``ingest.correlation``. When the accumulators would not fit the device, the
+accumulator of ``atlas.ingest.math.correlation``. When the accumulators would not fit the device, the
 reference neurons are split into blocks and the data is streamed once per block.
 
 Run lifecycle (``atlas.runs``): the same cohort + dataset + reference + rotation + seed + top-k is
@@ -32,8 +32,8 @@ from sqlalchemy.engine import Engine
 from atlas.copy import copy_frame
 from atlas.errors import AtlasError
 from atlas.runs import begin_run
-from ingest.activations import flatten_neurons, iter_dataset_batches, kept_token_mask, mlp_activations
-from ingest.correlation import (
+from atlas.ingest.activations import flatten_neurons, iter_dataset_batches, kept_token_mask, mlp_activations
+from atlas.ingest.math.correlation import (
     ROTATION_KINDS,
     CohortCorrelation,
     CorrelationResult,
@@ -43,8 +43,8 @@ from ingest.correlation import (
     plan_ref_blocks,
     result_frames,
 )
-from ingest.models import check_same_tokenizer, load_model, resolve_device
-from ingest.store import get_dataset
+from atlas.ingest.models import check_same_tokenizer, load_model, resolve_device
+from atlas.ingest.store import get_dataset
 
 CHECKPOINT_VERSION = 1
 DEFAULT_CHECKPOINT_TOKENS = 20_000_000

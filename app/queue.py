@@ -20,9 +20,9 @@ from typing import Any
 import procrastinate
 from procrastinate import exceptions as pexc
 
-from atlas.manifest import Step, load_manifest, plan
+from atlas.app.manifest import Step, load_manifest, plan
 
-log = logging.getLogger("atlas.jobs")
+log = logging.getLogger("atlas.app.queue")
 
 QUEUE = "atlas"
 RECONCILE_CRON = os.environ.get("ATLAS_SCHEDULE_CRON", "*/5 * * * *")
@@ -35,7 +35,7 @@ def _conninfo() -> str:
     return resolve_url().replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=["atlas.jobs"])
+app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=["atlas.app.queue"])
 
 
 # ---------------------------------------------------------------- the steps
@@ -47,19 +47,19 @@ def run_step(kind: str, args: dict[str, Any]) -> None:
 
     engine = connect()
     if kind == "build_dataset":
-        from ingest.pipeline import build_dataset_step
+        from atlas.ingest.pipeline import build_dataset_step
 
         build_dataset_step(engine, **args)
     elif kind == "ingest_model":
-        from ingest.pipeline import ingest_model_step
+        from atlas.ingest.pipeline import ingest_model_step
 
         ingest_model_step(engine, **args)
     elif kind == "correlate_cohort":
-        from ingest.pipeline import correlate_cohort_step
+        from atlas.ingest.pipeline import correlate_cohort_step
 
         correlate_cohort_step(engine, **args)
     elif kind == "classify_cohort":
-        from ingest.pipeline import classify_cohort_step
+        from atlas.ingest.pipeline import classify_cohort_step
 
         classify_cohort_step(engine, **args)
     else:

@@ -2,14 +2,14 @@
 
 ``classify(engine, dataset, cohort=... | models=[...])`` streams the dataset once through every
 model, accumulating per-token-id / per-previous-token-id / per-position sums of ``hook_post``
-(``ingest.features.FeatureAccumulator``, one per layer; moments of ``hook_pre`` for kurtosis),
+(``atlas.ingest.math.features.FeatureAccumulator``, one per layer; moments of ``hook_pre`` for kurtosis),
 then per model:
 
 - scores every token feature on the current and the previous token and every position feature
   (variance reduction) and keeps each neuron's best ``top_k_features``;
 - computes the weight roles (vocabulary composition, entropy candidates, BOS-attention scores) on
   the processed weights, and runs the entropy intervention for the candidates;
-- labels the neurons (``ingest.families.label_neurons``).
+- labels the neurons (``atlas.ingest.math.families.label_neurons``).
 
 Then it groups labelled neurons into families: within each model, and across seeds through the
 partner edges of the cohort's finished correlation runs on the same dataset (when there are any).
@@ -33,11 +33,11 @@ import torch
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
-from ingest.families import LabelThresholds, build_families, label_neurons, syntax_status
-from ingest.features import (
+from atlas.ingest.math.families import LabelThresholds, build_families, label_neurons, syntax_status
+from atlas.ingest.math.features import (
     FeatureAccumulator, frequent_token_ids, neuron_table, position_features, score_features, token_features,
 )
-from ingest.roles import attention_deactivation, bos_keys, entropy_effect, entropy_intervention, role_table
+from atlas.ingest.math.roles import attention_deactivation, bos_keys, entropy_effect, entropy_intervention, role_table
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,8 @@ def classify(engine: Engine, dataset: Any, *, cohort: str | None = None, models:
 
     Returns the run id, or None when the same run is already done (a no-op)."""
     from atlas.runs import begin_run
-    from ingest.models import resolve_device
-    from ingest.store import resolve_dataset
+    from atlas.ingest.models import resolve_device
+    from atlas.ingest.store import resolve_dataset
 
     device = resolve_device(device)
     info = resolve_dataset(engine, dataset)
@@ -158,8 +158,8 @@ def classify(engine: Engine, dataset: Any, *, cohort: str | None = None, models:
 def _classify_model(engine: Engine, run, row: _ModelRow, info, n_rows: int, vocab: list[str], special: dict,
                     bos: int | None, config: ClassifyConfig, device: str, state: dict, tokens_done: int,
                     log: Callable[[str], None]) -> dict[str, pl.DataFrame]:
-    from ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
-    from ingest.models import load_model
+    from atlas.ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
+    from atlas.ingest.models import load_model
 
     loaded = load_model(row.source, device, name=row.name)
     if loaded.n_layers != row.n_layers or loaded.d_mlp != row.d_mlp:

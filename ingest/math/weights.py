@@ -1,7 +1,7 @@
 """Per-neuron statistics of processed weights (pure: tensors in, tensors/frames out).
 
 Inputs are TransformerLens-processed weights (LayerNorm folded, writing weights and the
-unembedding centred; see ``ingest.models``):
+unembedding centred; see ``atlas.ingest.models``):
 
 - ``W_in: [n_layers, d_model, d_mlp]``, ``b_in: [n_layers, d_mlp]``, ``W_out: [n_layers, d_mlp, d_model]``,
   ``W_U: [d_model, d_vocab]``.
@@ -108,6 +108,6 @@ def weight_stats(W_in: torch.Tensor, b_in: torch.Tensor, W_out: torch.Tensor, W_
 
 
 def model_weight_stats(loaded, k: int = 20) -> WeightStats:
-    """``weight_stats`` of an ``ingest.models.LoadedModel`` (its bridge's processed weights)."""
+    """``weight_stats`` of an ``atlas.ingest.models.LoadedModel`` (its bridge's processed weights)."""
     b = loaded.bridge
     return weight_stats(b.W_in, b.b_in, b.W_out, b.W_U, k=k)

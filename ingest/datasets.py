@@ -123,7 +123,7 @@ def build_rows(tokenizer: Any, documents: Iterable[str], context_length: int, ma
     flat = torch.tensor(stream[: n_rows * body], dtype=torch.long).reshape(n_rows, body)
     rows = torch.cat([torch.full((n_rows, 1), bos, dtype=torch.long), flat], dim=1)
     rule = filter_rule_for(tokenizer)
-    from ingest.activations import kept_token_mask
+    from atlas.ingest.activations import kept_token_mask
 
     kept = int(kept_token_mask(rows, rule).sum())
     params = {"documents": n_docs, "characters": n_chars, "bos_token_id": bos, "eos_token_id": eos,
@@ -212,7 +212,7 @@ def load_tokenizer(source: str):
     """A fast tokenizer from a directory of tokenizer files, a checkpoint directory, or a hub name."""
     from transformers import AutoTokenizer
 
-    from ingest.models import is_local_source
+    from atlas.ingest.models import is_local_source
 
     if is_local_source(source) and not Path(source).expanduser().is_dir():
         raise AtlasError(f"no tokenizer directory at {source} — give a directory with tokenizer.json, "
@@ -232,7 +232,7 @@ def model_context_size(source: str) -> int | None:
     """The context size (n_positions / max_position_embeddings) from a model's config, if readable."""
     from transformers import AutoConfig
 
-    from ingest.models import is_local_source
+    from atlas.ingest.models import is_local_source
 
     try:
         cfg = AutoConfig.from_pretrained(str(Path(source).expanduser()) if is_local_source(source) else source)
@@ -252,13 +252,13 @@ def build_dataset(engine, name: str, *, tokenizer_source: str | None = None, mod
                   text_field: str = "text", context_length: int = 128, max_tokens: int | None = None,
                   shuffle_seed: int | None = None, force: bool = False, documents: Iterable[str] | None = None,
                   source_label: str | None = None):
-    """Build and store the token dataset ``name``; return its ``ingest.store.DatasetInfo``.
+    """Build and store the token dataset ``name``; return its ``atlas.ingest.store.DatasetInfo``.
 
     The tokenizer comes from ``tokenizer_source`` or from ``model_source`` (whose n_ctx also bounds
     the context length). Documents come from ``inputs`` (files), ``hf_dataset`` or ``documents``.
     A dataset of that name with the same content is reused (no-op).
     """
-    from ingest.store import get_dataset, store_dataset
+    from atlas.ingest.store import get_dataset, store_dataset
 
     if sum(x is not None and x != () and x != [] for x in (tuple(inputs) or None, hf_dataset, documents)) != 1:
         raise AtlasError("give exactly one source of text: --input FILES or --hf-dataset NAME")

@@ -4,10 +4,10 @@
 
 1. checks the inputs before anything is written (model loads, dataset exists, same tokenizer,
    context length ≤ n_ctx), then registers the model (tokenizer, vocabulary, cohort, neurons);
-2. a ``weights`` run: ``ingest.weights`` on the processed weights (no data needed);
+2. a ``weights`` run: ``atlas.ingest.math.weights`` on the processed weights (no data needed);
 3. a ``stats`` run: one streaming pass over the dataset's rows — ``hook_pre`` moments, min/max and
    histogram, ``hook_post`` mean/max/firing frequency, exact top-k examples and the per-token
-   table (``ingest.moments.NeuronStatsAccumulator``) over the positions the dataset's filter rule
+   table (``atlas.ingest.math.moments.NeuronStatsAccumulator``) over the positions the dataset's filter rule
    keeps. Accumulators are checkpointed every ``checkpoint_every`` tokens (``torch.save`` to a
    temporary file, then an atomic rename); a killed run resumes from its checkpoint when the same
    command runs again and ends with results identical to an uninterrupted run.
@@ -28,11 +28,11 @@ from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
 from atlas.runs import begin_run
-from ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
-from ingest.models import LoadedModel, load_model
-from ingest.moments import HIST_EDGES, HIST_RANGE, NeuronStatsAccumulator, histogram_edges
-from ingest.store import DatasetInfo, register_model, resolve_dataset
-from ingest.weights import model_weight_stats
+from atlas.ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
+from atlas.ingest.models import LoadedModel, load_model
+from atlas.ingest.math.moments import HIST_EDGES, HIST_RANGE, NeuronStatsAccumulator, histogram_edges
+from atlas.ingest.store import DatasetInfo, register_model, resolve_dataset
+from atlas.ingest.math.weights import model_weight_stats
 
 CHECKPOINT_FORMAT = 1
 PROGRESS_EVERY_S = 2.0
@@ -265,10 +265,10 @@ def demo_ingest(engine: Engine, *, seeds: int | None = None, train_tokens: int |
     """
     from dataclasses import replace
 
-    from ingest.corpus import fetch_demo_corpus, read_documents
-    from ingest.store import dataset_exists
-    from ingest.tokens import build_dataset
-    from ingest.zoo import DEMO, train_cohort
+    from atlas.ingest.corpus import fetch_demo_corpus, read_documents
+    from atlas.ingest.store import dataset_exists
+    from atlas.ingest.datasets import build_dataset
+    from atlas.ingest.zoo import DEMO, train_cohort
 
     config = DEMO
     if seeds is not None:

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import polars as pl
 
-from ingest.features import TOPIC_WORDS, normalise
+from atlas.ingest.math.features import TOPIC_WORDS, normalise
 
 LABELS = ("unigram", "alphabet", "previous_token", "position", "syntax", "semantic", "prediction",
           "suppression", "partition", "entropy", "entropy_candidate", "attention_deactivation")
@@ -115,13 +115,13 @@ def label_neurons(table: pl.DataFrame, thresholds: LabelThresholds = LabelThresh
     """Labels for the neurons of ``table`` (one row per neuron).
 
     Columns read when present (a label whose inputs are absent is not produced): ``model_id``,
-    ``layer``, ``idx``; from :meth:`ingest.features.FeatureScores.summary`: ``best_*``, ``cur_*``,
+    ``layer``, ``idx``; from :meth:`atlas.ingest.math.features.FeatureScores.summary`: ``best_*``, ``cur_*``,
     ``unigram_*``, ``prev_*``, ``pos_*``; ``kurtosis`` (activation), ``position_mi`` (nats);
     ``top_tokens`` (list of token texts); ``vocab_kurtosis``, ``vocab_skew``, ``vocab_var_ratio``,
     ``top_token_text``, ``bottom_token_text``, ``w_out_norm``; ``entropy_candidate``,
     ``entropy_norm_ratio``; ``attn_z``, ``attn_score``, ``attn_percentile``, ``attn_head_layer``,
     ``attn_head``. ``entropy_effects`` maps (model_id, layer, idx) to
-    :func:`ingest.roles.entropy_effect` results.
+    :func:`atlas.ingest.math.roles.entropy_effect` results.
 
     Returns ``model_id, layer, idx, label, score, family_key, evidence`` (evidence: JSON text)."""
     t = thresholds
