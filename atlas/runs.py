@@ -9,18 +9,24 @@ Typical use by an ingestion job::
         ...                              # compute; run.progress(tokens_done); save checkpoints
         run.publish({"activation_stats": frame, "top_example": examples})
 
-While a run executes, its process holds a PostgreSQL advisory lock on the run id. A second
-process asking for the same run gets a clear error; a killed process loses the lock with its
-connection, so the run can be resumed (from its checkpoint) by the next caller.
+While a run executes, its process holds a PostgreSQL advisory lock on the run id and a thread
+refreshes the run's ``heartbeat_at`` every few seconds. A second process asking for the same run
+gets a clear error; a killed process loses the lock with its connection, so the run can be
+resumed (from its checkpoint) by the next caller. A ``running`` run whose lock nobody holds is
+*stale* (its process died): the ``run_state`` view says so. When the database goes away mid-run,
+the failure is recorded as soon as it is back (``fail`` retries for ``FAIL_RETRY_S``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 import json
+import logging
 import subprocess
+import threading
+import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -28,17 +34,21 @@ import polars as pl
 
 import psycopg
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from atlas.copy import copy_frame
 from atlas.errors import AtlasError
-from atlas.settings import get_settings
 
 RESULT_TABLES = (
     "activation_stats", "top_example", "token_activation", "weight_stats", "pair_correlation",
     "correlation_edge", "neuron_universality", "neuron_feature", "neuron_label", "family",
 )
 _LOCK_NAMESPACE = 7212  # advisory-lock class for runs: pg_try_advisory_lock(7212, run_id)
+HEARTBEAT_EVERY_S = 5.0  # a running run's heartbeat_at is at most this old while its process lives
+FAIL_RETRY_S = 60.0  # how long a failing run keeps trying to record its failure while the database is away
+
+log = logging.getLogger("atlas.runs")
 
 
 @lru_cache(maxsize=1)
@@ -67,6 +77,10 @@ def run_key(kind: str, *, model_id: int | None, cohort_id: int | None, dataset_i
     return f"{kind}:model={model_id}:cohort={cohort_id}:dataset={dataset_id}:params={digest}"
 
 
+class RunBusy(AtlasError):
+    """Another live process holds this run (its advisory lock)."""
+
+
 @dataclass
 class RunHandle:
     """A run this process owns until ``publish``/``fail``/``close``."""
@@ -78,12 +92,7 @@ class RunHandle:
     engine: Engine
     tokens_done: int = 0
     _lock_conn: Connection | None = field(default=None, repr=False)
-
-    @property
-    def checkpoint_path(self) -> Path:
-        """Where this run's streaming accumulators are checkpointed (stable across resumes)."""
-        digest = hashlib.sha1(self.key.encode()).hexdigest()[:12]
-        return get_settings().checkpoints_dir / f"{self.kind}-{self.id}-{digest}.pt"
+    _heartbeat: _Heartbeat | None = field(default=None, repr=False)
 
     def progress(self, tokens_done: int, tokens_total: int | None = None) -> None:
         self.tokens_done = tokens_done
@@ -116,20 +125,33 @@ class RunHandle:
                     tokens_done=self.tokens_done,
                 )
             )
-        self.checkpoint_path.unlink(missing_ok=True)
         self.close()
 
     def fail(self, error: BaseException | str) -> None:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(_run_table()).where(_run_table().c.id == self.id).values(
-                    status="failed", error=message[:2000], finished_at=sa.func.now()
-                )
-            )
+        """Mark the run failed with a one-line message; waits up to FAIL_RETRY_S for a database that is away."""
+        message = error_line(error)
+        deadline = time.monotonic() + FAIL_RETRY_S
+        self._stop_heartbeat()
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        sa.update(_run_table()).where(_run_table().c.id == self.id).values(
+                            status="failed", error=message[:2000], finished_at=sa.func.now()
+                        )
+                    )
+                break
+            except sa.exc.DBAPIError as err:
+                if not err.connection_invalidated and not isinstance(err, sa.exc.OperationalError) \
+                        or time.monotonic() > deadline:
+                    log.warning("run %s failed (%s) and the failure could not be recorded: %s", self.id, message,
+                                error_line(err))
+                    break
+                time.sleep(1.0)
         self.close()
 
     def close(self) -> None:
+        self._stop_heartbeat()
         if self._lock_conn is not None:
             try:  # the connection goes back to the pool, so unlock explicitly
                 self._lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:ns, :id)"), {"ns": _LOCK_NAMESPACE, "id": self.id})
@@ -140,6 +162,11 @@ class RunHandle:
                 self._lock_conn.close()
                 self._lock_conn = None
 
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+
     def __enter__(self) -> RunHandle:
         return self
 
@@ -149,6 +176,43 @@ class RunHandle:
                 exc = AtlasError("interrupted — rerun the same command to resume from the last checkpoint")
             self.fail(exc)
         self.close()
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes ``run.heartbeat_at`` every ``HEARTBEAT_EVERY_S`` while the run's process lives (also
+    while it loads a model or publishes, when no progress is reported)."""
+
+    def __init__(self, engine: Engine, run_id: int):
+        super().__init__(name=f"atlas-run-{run_id}-heartbeat", daemon=True)
+        self.engine, self.run_id = engine, run_id
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(HEARTBEAT_EVERY_S):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.update(_run_table()).where(
+                        (_run_table().c.id == self.run_id) & (_run_table().c.status == "running")
+                    ).values(heartbeat_at=sa.func.now()))
+            except Exception:  # noqa: BLE001 - the database is away: the run itself notices and fails
+                pass
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)
+
+
+def error_line(error: BaseException | str) -> str:
+    """One line for the user: the first line of the message, with the database's own words for DB errors."""
+    if isinstance(error, sa.exc.DBAPIError) and error.orig is not None:
+        text = str(error.orig).strip()
+        first = text.splitlines()[0] if text else type(error.orig).__name__
+        if isinstance(error, sa.exc.OperationalError):
+            return (f"lost the database connection ({first}) — when the database is back, rerun the same step "
+                    "(it resumes from its last checkpoint)")
+        return first
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _clear_results(conn: Connection, run_id: int) -> None:
@@ -187,13 +251,16 @@ def begin_run(
         if row is not None and row.status == "done" and not force:
             return None
         if row is None:
+            # two callers creating the same run: the loser finds the winner's row (ON CONFLICT)
             run_id = conn.execute(
-                sa.insert(run).values(
+                pg_insert(run).values(
                     kind=kind, key=key, model_id=model_id, cohort_id=cohort_id, dataset_id=dataset_id,
                     params=params, code_version=code_version(), device=device, status="queued",
                     tokens_total=tokens_total,
-                ).returning(run.c.id)
-            ).scalar_one()
+                ).on_conflict_do_nothing(index_elements=["key"]).returning(run.c.id)
+            ).scalar()
+            if run_id is None:
+                run_id = conn.execute(sa.select(run.c.id).where(run.c.key == key)).scalar_one()
             tokens_done = 0
         else:
             run_id, tokens_done = row.id, row.tokens_done
@@ -203,7 +270,7 @@ def begin_run(
     lock_conn.commit()
     if not got:
         lock_conn.close()
-        raise AtlasError(f"run {run_id} ({kind}) is being computed by another process — wait for it, or stop that worker")
+        raise RunBusy(f"run {run_id} ({kind}) is being computed by another process — wait for it, or stop that worker")
 
     with engine.begin() as conn:
         if force and row is not None:
@@ -218,6 +285,6 @@ def begin_run(
         )
     handle = RunHandle(id=run_id, key=key, kind=kind, params=params, engine=engine,
                        tokens_done=tokens_done, _lock_conn=lock_conn)
-    if force:
-        handle.checkpoint_path.unlink(missing_ok=True)
+    handle._heartbeat = _Heartbeat(engine, run_id)
+    handle._heartbeat.start()
     return handle

@@ -4,6 +4,18 @@
                         atlas starts (or reuses) an embedded PostgreSQL under the data home.
 ``ATLAS_HOME``          the data home: embedded database, trained demo models, corpora, checkpoints.
                         Defaults to ``./.atlas`` (the current directory), so a checkout is self-contained.
+``ATLAS_DEVICE``        where queued steps compute: ``auto`` (default: CUDA when present), ``cpu``,
+                        ``cuda``, ``cuda:1``, ... (``atlas worker --device`` sets it).
+
+Scheduling (``atlas worker``), in seconds; a job whose worker died is retried at most about
+``STALLED_AFTER + WORKER_HEARTBEAT + RECONCILE_EVERY`` after the worker's last sign of life:
+
+``ATLAS_WORKER_HEARTBEAT_S``  how often a worker says it is alive (default 10)
+``ATLAS_STALLED_AFTER_S``     silence after which a worker counts as dead (default 45)
+``ATLAS_RECONCILE_EVERY_S``   period of the reconcile task: retry dead workers' jobs, enqueue what
+                              the manifest still lacks (default 60; divides 60, or a multiple of 60)
+``ATLAS_CHECKPOINT_EVERY``    tokens between checkpoints of queued steps (default: each run kind's own;
+                              lower it on machines that may be preempted)
 """
 
 from __future__ import annotations
@@ -19,6 +31,11 @@ from sqlalchemy.engine import make_url
 class Settings:
     database_url: str | None
     home: Path
+    device: str = "auto"
+    worker_heartbeat_s: float = 10.0
+    stalled_after_s: float = 45.0
+    reconcile_every_s: int = 60
+    checkpoint_every: int | None = None
 
     @property
     def embedded(self) -> bool:
@@ -46,7 +63,29 @@ def get_settings() -> Settings:
     """Read the settings from the environment (cheap; call it where needed, don't cache globally)."""
     url = os.environ.get("ATLAS_DATABASE_URL") or None
     home = Path(os.environ.get("ATLAS_HOME") or Path.cwd() / ".atlas").expanduser().resolve()
-    return Settings(database_url=url, home=home)
+    return Settings(
+        database_url=url, home=home, device=os.environ.get("ATLAS_DEVICE") or "auto",
+        worker_heartbeat_s=_positive("ATLAS_WORKER_HEARTBEAT_S", 10.0),
+        stalled_after_s=_positive("ATLAS_STALLED_AFTER_S", 45.0),
+        reconcile_every_s=int(_positive("ATLAS_RECONCILE_EVERY_S", 60)),
+        checkpoint_every=int(_positive("ATLAS_CHECKPOINT_EVERY", 0)) or None,
+    )
+
+
+def _positive(name: str, default: float) -> float:
+    """A positive number from the environment (``default`` when unset); a one-line error otherwise."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        from atlas.errors import AtlasError
+
+        raise AtlasError(f"{name}={raw!r} is not a positive number — fix or unset it")
+    return value
 
 
 def normalize_url(url: str) -> str:

@@ -4,8 +4,8 @@
   stacked as ``[batch, ctx, n_layers, d_mlp]`` float32. The forward pass stops right after the last
   MLP needed (the final LayerNorm and unembedding, which dominate small models, are skipped).
   On CUDA the forward runs under fp16 autocast; results come back as fp32.
-- ``iter_dataset_batches(engine_or_rows, dataset, batch_size)``: the stored token rows of a dataset
-  in row order, as ``(first_row_idx, LongTensor[batch, ctx])``.
+- ``row_batches(rows, batch_size)``: in-memory token rows in batches, as
+  ``(first_row_idx, LongTensor[batch, ctx])`` (stored rows: ``atlas.ingest.store.iter_dataset_batches``).
 - ``kept_token_mask(tokens, filter_rule)``: which positions count (BOS/pad/EOS and the single-newline
   token are dropped), by the rule stored with the dataset.
 """
@@ -90,35 +90,13 @@ def flatten_neurons(acts: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- token batches
 
-def iter_dataset_batches(engine_or_rows: Any, dataset: Any, batch_size: int,
-                         start_row: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(first_row_idx, LongTensor[batch, ctx])`` over a dataset's rows in ``row_idx`` order.
-
-    ``engine_or_rows`` is a SQLAlchemy engine (rows are read from ``dataset_row`` of ``dataset``:
-    a name, id, or ``atlas.ingest.store.DatasetInfo``) or the rows themselves (``LongTensor[n_rows, ctx]``
-    or a list of equal-length token lists; ``dataset`` is then ignored). Starts at ``start_row``.
-    """
+def row_batches(rows: torch.Tensor, batch_size: int, start_row: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(first_row_idx, LongTensor[batch, ctx])`` over in-memory ``rows: LongTensor[n_rows, ctx]``
+    (the stored rows of a dataset come from ``atlas.ingest.store.iter_dataset_batches``, same shape)."""
     if batch_size < 1:
         raise AtlasError(f"batch size must be positive, got {batch_size}")
-    if isinstance(engine_or_rows, torch.Tensor) or isinstance(engine_or_rows, (list, tuple)):
-        rows = engine_or_rows if isinstance(engine_or_rows, torch.Tensor) else torch.tensor(engine_or_rows, dtype=torch.long)
-        for start in range(start_row, rows.shape[0], batch_size):
-            yield start, rows[start:start + batch_size].long()
-        return
-
-    import sqlalchemy as sa
-
-    from atlas.ingest.store import resolve_dataset
-
-    info = resolve_dataset(engine_or_rows, dataset)
-    query = sa.text("SELECT row_idx, tokens FROM dataset_row WHERE dataset_id = :d AND row_idx >= :s "
-                    "AND row_idx < :e ORDER BY row_idx")
-    for start in range(start_row, info.n_rows, batch_size):
-        with engine_or_rows.connect() as conn:
-            got = conn.execute(query, {"d": info.id, "s": start, "e": start + batch_size}).all()
-        if [r.row_idx for r in got] != list(range(start, min(start + batch_size, info.n_rows))):
-            raise AtlasError(f"dataset {info.name} is missing rows from {start} — rebuild it with `atlas dataset build`")
-        yield start, torch.tensor([r.tokens for r in got], dtype=torch.long)
+    for start in range(start_row, rows.shape[0], batch_size):
+        yield start, rows[start:start + batch_size].long()
 
 
 def kept_token_mask(tokens: torch.Tensor, filter_rule: Mapping[str, Any] | None) -> torch.Tensor:

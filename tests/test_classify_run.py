@@ -54,7 +54,7 @@ def _store_correlation(engine, cohort_id: int, dataset_id: int, ids: list[int], 
 @pytest.fixture
 def classified(engine, tiny_cohort, atlas_home):
     from atlas.ingest.activations import kept_token_mask
-    from atlas.ingest.runs.classify import ClassifyConfig, classify
+    from atlas.ingest.runs.classify import ClassifyOptions, ClassifySubject, run_classify
     from atlas.ingest.models import load_model
     from atlas.ingest.store import register_model
 
@@ -70,9 +70,9 @@ def classified(engine, tiny_cohort, atlas_home):
     with engine.connect() as conn:
         cohort_id = conn.execute(sa.text("SELECT id FROM cohort WHERE name = 'tiny'")).scalar_one()
     _store_correlation(engine, cohort_id, info.id, ids, posts, keep)
-    config = ClassifyConfig(min_token_count=3, batch_size=32)
     messages: list[str] = []
-    run_id = classify(engine, info.name, cohort="tiny", config=config, log=messages.append)
+    config = ClassifyOptions(min_token_count=3, batch_size=32, device="cpu", log=messages.append)
+    run_id = run_classify(engine, ClassifySubject(cohort="tiny"), info.name, config).run_id
     return {"engine": engine, "info": info, "ids": ids, "loaded": loaded, "posts": posts, "keep": keep,
             "rows": rows, "run_id": run_id, "config": config, "messages": messages, "cohort": tiny_cohort}
 
@@ -122,9 +122,10 @@ def test_classify_stores_features_labels_families(classified):
 
     from atlas import queries
     from atlas.app.cli import main
-    from atlas.ingest.runs.classify import classify
+    from atlas.ingest.runs.classify import ClassifySubject, run_classify
 
-    assert classify(engine, classified["info"].name, cohort="tiny", config=classified["config"], log=lambda m: None) is None
+    again = run_classify(engine, ClassifySubject(cohort="tiny"), classified["info"].name, classified["config"])
+    assert again.status == "skipped" and again.run_id is None
     result = CliRunner().invoke(main, ["classify", "--cohort", "tiny", "--dataset", "tiny", "--min-token-count", "3",
                                        "--batch-size", "32"])
     assert result.exit_code == 0, result.output
@@ -192,7 +193,7 @@ def test_killed_run_resumes_from_checkpoint(engine, tiny_cohort, atlas_home, tmp
     import shutil
 
     from atlas.errors import AtlasError
-    from atlas.ingest.runs.classify import ClassifyConfig, classify
+    from atlas.ingest.runs.classify import ClassifyOptions, ClassifySubject, run_classify
     from atlas.ingest.models import load_model
     from atlas.ingest.store import register_model
 
@@ -201,22 +202,23 @@ def test_killed_run_resumes_from_checkpoint(engine, tiny_cohort, atlas_home, tmp
     shutil.copytree(tiny_cohort.paths[1], copy)
     register_model(engine, load_model(str(tiny_cohort.paths[0])), cohort="pair", seed_label="a")
     register_model(engine, load_model(str(copy)), cohort="pair", seed_label="b")
-    config = ClassifyConfig(min_token_count=3, batch_size=32, max_rows=64)
+    messages: list[str] = []
+    config = ClassifyOptions(min_token_count=3, batch_size=32, max_rows=64, device="cpu", log=messages.append)
 
     copy.rename(tmp_path / "gone")  # the second model's checkpoint disappears mid-run
     with pytest.raises(AtlasError, match="no model checkpoint directory"):
-        classify(engine, info.name, cohort="pair", config=config, log=lambda m: None)
+        run_classify(engine, ClassifySubject(cohort="pair"), info.name, config)
     with engine.connect() as conn:
         status, error = conn.execute(sa.text("SELECT status, error FROM run WHERE kind = 'classify'")).one()
     assert status == "failed" and "no model checkpoint directory" in error
     assert list((atlas_home / "checkpoints").glob("classify-*.pt"))
 
     (tmp_path / "gone").rename(copy)
-    messages: list[str] = []
-    run_id = classify(engine, info.name, cohort="pair", config=config, log=messages.append)
+    messages.clear()
+    run_id = run_classify(engine, ClassifySubject(cohort="pair"), info.name, config).run_id
     assert any("restored from checkpoint" in m for m in messages)
     with engine.connect() as conn:
         status = conn.execute(sa.text("SELECT status FROM run WHERE id = :i"), {"i": run_id}).scalar_one()
         models = conn.execute(sa.text("SELECT DISTINCT model_id FROM neuron_feature WHERE run_id = :i"), {"i": run_id}).all()
     assert status == "done" and len(models) == 2
-    assert not list((atlas_home / "checkpoints").glob(f"classify-{run_id}-*.pt"))
+    assert not list((atlas_home / "checkpoints").glob(f"classify-*-run{run_id}-*.pt"))

@@ -59,10 +59,11 @@ def rows(engine, table: str, run_id: int) -> pl.DataFrame:
 
 
 def correlate(c, **kwargs):
-    from atlas.ingest.runs.correlate import correlate_cohort
+    """Run the correlation of cohort "tiny" on dataset "tiny"; its run id (None when already done)."""
+    from atlas.ingest.runs.correlate import CorrelateOptions, run_correlation
 
-    kwargs = {"device": "cpu", "progress": False, "log": None, "batch_size": 16, **kwargs}
-    return correlate_cohort(c["engine"], "tiny", "tiny", **kwargs)
+    kwargs = {"device": "cpu", "progress": False, "log": lambda message: None, "batch_size": 16, **kwargs}
+    return run_correlation(c["engine"], "tiny", "tiny", CorrelateOptions(**kwargs)).run_id
 
 
 def test_stored_results_equal_float64_reference_and_repeat_is_noop(cohort):
@@ -155,7 +156,7 @@ def test_interrupted_run_resumes_to_identical_rows_and_blocks_change_nothing(coh
     assert status == "failed" and "simulated crash" in error
     checkpoints = list((cohort["home"] / "checkpoints").glob("correlation-*.pt"))
     assert len(checkpoints) == 1
-    state = torch.load(checkpoints[0], weights_only=True)
+    state = torch.load(checkpoints[0], weights_only=True)["state"]
     assert state["block"] == 1 and 0 < state["next_row"] and len(state["results"]) == 1
 
     resumed = correlate(cohort, **settings)

@@ -4,6 +4,7 @@ matrix, idempotence, bad input, and a SIGKILLed run that resumes to identical re
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from scipy import stats as sps
 
 from atlas.app.cli import main
 from atlas.errors import AtlasError
-from atlas.ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
+from atlas.ingest.activations import kept_token_mask, mlp_activations, row_batches
+from atlas.ingest.store import iter_dataset_batches
 from atlas.ingest.runs.stats import StatsOptions, ingest_model
 from atlas.ingest.models import load_model
 from atlas.ingest.math.moments import histogram_edges
@@ -65,7 +67,7 @@ def test_ingest_matches_full_matrix_references(tiny_db, tiny_cohort):
     # the full activation matrix, over the same batches
     pre, post, ids, index = [], [], [], []
     ctx = tiny_cohort.context_length
-    for row0, tokens in iter_dataset_batches(tiny_cohort.rows, None, 24):
+    for row0, tokens in row_batches(tiny_cohort.rows, 24):
         acts = mlp_activations(m, tokens, hooks=("pre", "post"))
         keep = kept_token_mask(tokens, tiny_cohort.filter_rule).reshape(-1)
         pre.append(acts["pre"].reshape(-1, m.n_neurons)[keep])
@@ -221,10 +223,10 @@ def test_sigkilled_run_resumes_to_identical_results(tiny_db, db_url, atlas_home,
     proc = subprocess.Popen(cmd + ["--batch-delay", "0.25"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     checkpoints = atlas_home / "checkpoints"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(checkpoints.glob("stats-*.pt")):
+    while not list(checkpoints.glob("stats-*.pt")):  # kill once a checkpoint exists, never on a fixed sleep
         assert proc.poll() is None, proc.stdout.read().decode()
-        time.sleep(0.1)
-    time.sleep(0.6)  # a few batches past the first checkpoint
+        assert time.monotonic() < deadline, "no checkpoint was written within 120 s"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with engine.connect() as conn:
@@ -234,14 +236,21 @@ def test_sigkilled_run_resumes_to_identical_results(tiny_db, db_url, atlas_home,
 
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+    # the second process resumed from the checkpoint: it did not stream the whole dataset again
+    resumed_at = int(re.search(r"resuming at ([\d,]+) tokens", resumed.stdout).group(1).replace(",", ""))
+    total = tiny_cohort.rows.numel()
+    assert 0 < resumed_at < total
+    streamed = re.search(r"([\d,]+) tok/s", resumed.stdout)
+    assert f"resumed at {resumed_at:,} tokens" in resumed.stdout and streamed is not None
     with engine.connect() as conn:
         run_id, status = conn.execute(sa.text("SELECT id, status FROM run")).one()
     assert status == "done" and not list(checkpoints.glob("stats-*.pt"))
     after_resume = {t: _rows(engine, t, run_id) for t in ("activation_stats", "top_example", "token_activation")}
 
     # the same run, uninterrupted (force recomputes it from scratch, in this process)
-    options = StatsOptions(batch_size=8, checkpoint_every=256, progress=False)
-    out = ingest_model(engine, str(tiny_cohort.paths[1]), dataset="tiny", weights=False, options=options, force=True)
+    options = StatsOptions(batch_size=8, checkpoint_every=256, progress=False, force=True)
+    out = ingest_model(engine, str(tiny_cohort.paths[1]), dataset="tiny", weights=False, options=options)
+    assert out[0].resumed_at == 0 and out[0].tokens == total
     assert out[0].run_id == run_id
     for table, rows in after_resume.items():
         assert _rows(engine, table, run_id) == rows, table

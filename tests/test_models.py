@@ -9,7 +9,8 @@ import sqlalchemy as sa
 import torch
 
 from atlas.errors import AtlasError
-from atlas.ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
+from atlas.ingest.activations import kept_token_mask, mlp_activations, row_batches
+from atlas.ingest.store import iter_dataset_batches
 from atlas.ingest.models import check_same_tokenizer, load_model, tokenizer_fingerprint
 from atlas.ingest.store import load_dataset_rows, register_model
 
@@ -156,7 +157,7 @@ def test_dataset_batches_and_mask(engine, tiny_cohort):
     got = list(iter_dataset_batches(engine, "tiny", 64, start_row=10))
     assert [s for s, _ in got] == [10, 74, 138]
     assert torch.equal(torch.cat([b for _, b in got]), tiny_cohort.rows[10:])
-    from_rows = list(iter_dataset_batches(tiny_cohort.rows, None, 64))
+    from_rows = list(row_batches(tiny_cohort.rows, 64))
     assert [s for s, _ in from_rows] == [0, 64, 128]
     mask = kept_token_mask(rows, info.filter_rule)
     assert not mask[:, 0].any()  # BOS

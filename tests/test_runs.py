@@ -103,3 +103,50 @@ def test_copy_keeps_odd_strings(engine):
         back = conn.execute(sa.text("SELECT text FROM vocab_token ORDER BY token_id")).scalars().all()
     assert back == texts
     assert not any(isinstance(t, float) and math.isnan(t) for t in back)
+
+
+def _state(engine, run_id: int) -> str:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT state FROM run_state WHERE id = :i"), {"i": run_id}).scalar_one()
+
+
+def test_a_run_whose_process_is_gone_is_stale_and_is_taken_over(engine, atlas_home):
+    model_id = _model(engine)
+    run = begin_run(engine, "weights", model_id=model_id, params={"p": 1})
+    assert _state(engine, run.id) == "running"
+    run._stop_heartbeat()
+    run._lock_conn.invalidate()  # the process dies: its session ends, its lock goes with it
+    run._lock_conn = None
+    assert _state(engine, run.id) == "stale"
+    again = begin_run(engine, "weights", model_id=model_id, params={"p": 1})  # the next caller resumes it
+    assert again.id == run.id and _state(engine, run.id) == "running"
+    again.close()
+
+
+def test_two_callers_racing_for_one_new_run_get_one_run_and_a_clear_refusal(engine, atlas_home):
+    """The loser of the race never sees a raw IntegrityError: it finds the winner's row and its lock."""
+    import threading
+
+    from atlas.runs import RunBusy
+
+    model_id = _model(engine)
+    barrier, outcomes = threading.Barrier(4), []
+
+    def claim() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(begin_run(engine, "stats", model_id=model_id, params={"race": True}))
+        except RunBusy as err:
+            outcomes.append(err)
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    handles = [o for o in outcomes if not isinstance(o, Exception)]
+    refused = [o for o in outcomes if isinstance(o, RunBusy)]
+    assert len(handles) == 1 and len(refused) == 3 and "being computed by another process" in str(refused[0])
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM run WHERE kind = 'stats'")).scalar_one() == 1
+    handles[0].close()

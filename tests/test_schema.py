@@ -34,7 +34,8 @@ def test_upgrade_to_head_matches_models_and_downgrade_to_base(empty_db_url):
 
 def test_views_exist_and_answer_on_empty_atlas(engine):
     with engine.connect() as conn:
-        for view in ("neuron_overview", "universal_neuron", "layer_universality", "family_members", "latest_run"):
+        for view in ("neuron_overview", "universal_neuron", "layer_universality", "family_members", "latest_run",
+                     "run_state", "queue_job"):
             assert conn.execute(sa.text(f"SELECT count(*) FROM {view}")).scalar_one() == 0
         assert conn.execute(sa.text("SELECT count(*) FROM universal_neurons(0.3)")).scalar_one() == 0
 

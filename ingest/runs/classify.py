@@ -1,6 +1,6 @@
 """Orchestration and storage of a ``classify`` run: explanations, labels and duplicate families.
 
-``classify(engine, dataset, cohort=... | models=[...])`` streams the dataset once through every
+``run_classify(engine, ClassifySubject(cohort=... | models=[...]), dataset, options)`` streams the dataset once through every
 model, accumulating per-token-id / per-previous-token-id / per-position sums of ``hook_post``
 (``atlas.ingest.math.features.FeatureAccumulator``, one per layer; moments of ``hook_pre`` for kurtosis),
 then per model:
@@ -22,27 +22,36 @@ progress are checkpointed.
 from __future__ import annotations
 
 import io
-import json
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import polars as pl
-import sqlalchemy as sa
 import torch
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
+from atlas.ingest.activations import kept_token_mask, mlp_activations
+from atlas.ingest.checkpoint import Checkpoint
 from atlas.ingest.math.families import LabelThresholds, build_families, label_neurons, syntax_status
 from atlas.ingest.math.features import (
     FeatureAccumulator, frequent_token_ids, neuron_table, position_features, score_features, token_features,
 )
 from atlas.ingest.math.roles import attention_deactivation, bos_keys, entropy_effect, entropy_intervention, role_table
+from atlas.ingest.models import load_model, resolve_device
+from atlas.ingest.runs.common import PROGRESS_EVERY_S, RunOptions, RunOutcome
+from atlas.ingest.store import (
+    DatasetInfo, ModelRecord, cohort_models, iter_dataset_batches, models_by_name, partner_edges, resolve_dataset,
+    special_token_ids, universal_neurons, vocabulary,
+)
+from atlas.ingest.store.writes import classify_writer
+from atlas.runs import begin_run
 
 
-@dataclass(frozen=True)
-class ClassifyConfig:
-    """Settings of a classify run (all recorded in the run's params; they are part of its identity)."""
+@dataclass
+class ClassifyOptions(RunOptions):
+    """Settings of a classify run: those in ``params()`` are recorded in the run's params and are
+    part of its identity; ``RunOptions`` fields and ``checkpoint_every`` only say how to execute it."""
 
     thresholds: LabelThresholds = field(default_factory=LabelThresholds)
     batch_size: int = 16
@@ -64,43 +73,40 @@ class ClassifyConfig:
     checkpoint_every: int = 200  # batches between accumulator checkpoints
 
     def params(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in _EXECUTION_FIELDS}
         d["thresholds"] = self.thresholds.as_dict()
-        d.pop("checkpoint_every")
         return d
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> ClassifyConfig:
+    def from_params(cls, params: dict[str, Any]) -> ClassifyOptions:
         p = dict(params)
         p["thresholds"] = LabelThresholds.from_dict(p.get("thresholds"))
         return cls(**{k: v for k, v in p.items() if k in cls.__dataclass_fields__})
 
 
-@dataclass
-class _ModelRow:
-    id: int
-    name: str
-    source: str
-    seed_label: str | None
-    n_layers: int
-    d_mlp: int
-    d_vocab: int
-    tokenizer_id: int
+_EXECUTION_FIELDS = {"device", "force", "resume", "progress", "log", "checkpoint_every"}
 
 
-def classify(engine: Engine, dataset: Any, *, cohort: str | None = None, models: Sequence[str] | None = None,
-             config: ClassifyConfig = ClassifyConfig(), device: str = "cpu", force: bool = False,
-             log: Callable[[str], None] = print) -> int | None:
-    """Classify the neurons of ``cohort`` (or of ``models``) on ``dataset`` (name, id or DatasetInfo).
+@dataclass(frozen=True)
+class ClassifySubject:
+    """What a classify run labels: every model of ``cohort`` (families across its seeds), or ``models``
+    (names; within a cohort when both are given)."""
 
-    Returns the run id, or None when the same run is already done (a no-op)."""
-    from atlas.runs import begin_run
-    from atlas.ingest.models import resolve_device
-    from atlas.ingest.store import resolve_dataset
+    cohort: str | None = None
+    models: tuple[str, ...] | None = None
 
-    device = resolve_device(device)
+    def describe(self) -> str:
+        return self.cohort or ", ".join(self.models or ())
+
+
+def run_classify(engine: Engine, subject: ClassifySubject, dataset: DatasetInfo | str | int,
+                 options: ClassifyOptions | None = None) -> RunOutcome:
+    """Classify the neurons of ``subject`` on ``dataset``; ``skipped`` when the same run is already done."""
+    config = options or ClassifyOptions()
+    log = config.log
+    device = resolve_device(config.device)
     info = resolve_dataset(engine, dataset)
-    cohort_id, rows = _resolve_models(engine, cohort, models)
+    cohort_id, rows = _resolve_models(engine, subject.cohort, subject.models)
     for r in rows:
         if r.tokenizer_id != info.tokenizer_id:
             raise AtlasError(f"model {r.name} and dataset {info.name} use different tokenizers — build a dataset with "
@@ -109,17 +115,20 @@ def classify(engine: Engine, dataset: Any, *, cohort: str | None = None, models:
     params = {**config.params(), "models": [r.name for r in rows]}
     run = begin_run(engine, "classify", params=params, cohort_id=cohort_id,
                     model_id=rows[0].id if cohort_id is None and len(rows) == 1 else None,
-                    dataset_id=info.id, device=device, tokens_total=n_rows * info.context_length * len(rows))
+                    dataset_id=info.id, device=device, tokens_total=n_rows * info.context_length * len(rows),
+                    force=config.force)
     if run is None:
         log(f"classify: already done for {', '.join(r.name for r in rows)} on {info.name} (use --force to redo)")
-        return None
+        return RunOutcome("classify", subject.describe(), None, "skipped")
+    t0 = time.perf_counter()
     with run:
-        vocab = _vocab(engine, info.tokenizer_id, max(r.d_vocab for r in rows))
-        special = _special_ids(engine, info.tokenizer_id)
+        vocab = vocabulary(engine, info.tokenizer_id, max(r.d_vocab for r in rows))
+        special = special_token_ids(engine, info.tokenizer_id)
         bos = special.get("bos") if special.get("bos") is not None else special.get("eos")
         syntax_ok, syntax_message = syntax_status()
         log(f"classify: {syntax_message}")
-        state = _load_checkpoint(run.checkpoint_path)
+        checkpoint = Checkpoint.for_run(run, models=[r.revision for r in rows], dataset=info.content_hash, warn=log)
+        state = (checkpoint.load() if config.resume else checkpoint.discard()) or {}
         done: dict[str, dict[str, bytes]] = state.get("done", {})
         tokens_done = sum(n_rows * info.context_length for r in rows if r.name in done)
         for r in rows:
@@ -127,11 +136,11 @@ def classify(engine: Engine, dataset: Any, *, cohort: str | None = None, models:
                 log(f"classify: {r.name} restored from checkpoint")
                 continue
             t0 = time.time()
-            result = _classify_model(engine, run, r, info, n_rows, vocab, special, bos, config, device, state,
-                                     tokens_done, log)
+            result = _classify_model(engine, run, checkpoint, r, info, n_rows, vocab, special, bos, config, device,
+                                     state, tokens_done, log)
             done[r.name] = {k: _to_ipc(v) for k, v in result.items()}
             state = {"done": done}
-            _save_checkpoint(run.checkpoint_path, state)
+            checkpoint.save(state)
             tokens_done += n_rows * info.context_length
             run.progress(tokens_done)
             n_labels = result["labels"].height
@@ -139,7 +148,7 @@ def classify(engine: Engine, dataset: Any, *, cohort: str | None = None, models:
 
         features = pl.concat([_from_ipc(done[r.name]["features"]) for r in rows], how="vertical")
         labels = pl.concat([_from_ipc(done[r.name]["labels"]) for r in rows], how="vertical")
-        edges = _partner_edges(engine, cohort_id, info.id, [r.id for r in rows]) if cohort_id is not None else None
+        edges = partner_edges(engine, cohort_id, info.id, [r.id for r in rows]) if cohort_id is not None else None
         t = config.thresholds
         families, members = build_families(labels, edges, min_rho=t.family_min_rho, min_members=t.family_min_members,
                                            n_models_total=len(rows))
@@ -148,26 +157,25 @@ def classify(engine: Engine, dataset: Any, *, cohort: str | None = None, models:
             "n_partner_edges": 0 if edges is None else edges.height,
             "label_counts": {k: int(v) for k, v in labels.group_by("label").len().iter_rows()},
         }
-        run.publish(_writer(run.id, features, labels, families, members, summary))
-        log(f"classify: run {run.id} done — {labels.height} labels, {families.height} families")
-        return run.id
+        run.publish(classify_writer(run.id, features, labels, families, members, summary))
+        checkpoint.discard()
+    log(f"classify: run {run.id} done — {labels.height} labels, {families.height} families")
+    return RunOutcome("classify", subject.describe(), run.id, "done", tokens=run.tokens_done,
+                      seconds=time.perf_counter() - t0, extra={"labels": labels.height, "families": families.height})
 
 
 # ---------------------------------------------------------------- one model
 
-def _classify_model(engine: Engine, run, row: _ModelRow, info, n_rows: int, vocab: list[str], special: dict,
-                    bos: int | None, config: ClassifyConfig, device: str, state: dict, tokens_done: int,
-                    log: Callable[[str], None]) -> dict[str, pl.DataFrame]:
-    from atlas.ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
-    from atlas.ingest.models import load_model
-
+def _classify_model(engine: Engine, run, checkpoint: Checkpoint, row: ModelRecord, info, n_rows: int,
+                    vocab: list[str], special: dict, bos: int | None, config: ClassifyOptions, device: str,
+                    state: dict, tokens_done: int, log) -> dict[str, pl.DataFrame]:
     loaded = load_model(row.source, device, name=row.name)
     if loaded.n_layers != row.n_layers or loaded.d_mlp != row.d_mlp:
         raise AtlasError(f"the checkpoint at {row.source} no longer matches model {row.name} in the atlas "
                          f"(layers/d_mlp differ) — re-register it")
     L, d_mlp, d_vocab, ctx = loaded.n_layers, loaded.d_mlp, loaded.d_vocab, info.context_length
     vocab = (vocab + [""] * d_vocab)[:d_vocab]
-    subset = _universal_subset(engine, row, info.id, config) if config.universal_only else None
+    subset = universal_neurons(engine, row.id, info.id, config.universal_threshold) if config.universal_only else None
     cols = [torch.arange(d_mlp) if subset is None else torch.tensor(sorted(subset.get(l, [])), dtype=torch.long)
             for l in range(L)]
 
@@ -183,6 +191,7 @@ def _classify_model(engine: Engine, run, row: _ModelRow, info, n_rows: int, voca
         start = 0
     dev_cols = [c.to(device) for c in cols]
     batches = 0
+    last_progress = time.monotonic()
     for first, tokens in iter_dataset_batches(engine, info, config.batch_size, start_row=start):
         if first >= n_rows:
             break
@@ -197,10 +206,12 @@ def _classify_model(engine: Engine, run, row: _ModelRow, info, n_rows: int, voca
         batches += 1
         next_row = first + tokens.shape[0]
         if batches % config.checkpoint_every == 0:
-            _save_checkpoint(run.checkpoint_path, {**state, "partial": {
+            checkpoint.save({**state, "partial": {
                 "model": row.name, "next_row": next_row, "accs": [a.state_dict() for a in accs],
                 "counts": counts.cpu()}})
+        if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
             run.progress(tokens_done + next_row * ctx)
+            last_progress = time.monotonic()
     if counts.sum() == 0:
         raise AtlasError(f"dataset {info.name} has no kept tokens — check its filter rule")
     excluded = [i for i in special.values() if i is not None]
@@ -255,121 +266,23 @@ def _classify_model(engine: Engine, run, row: _ModelRow, info, n_rows: int, voca
     return {"features": features, "labels": labels}
 
 
-# ---------------------------------------------------------------- database reads
+# ---------------------------------------------------------------- helpers
 
-def _resolve_models(engine: Engine, cohort: str | None, models: Sequence[str] | None) -> tuple[int | None, list[_ModelRow]]:
-    cols = "m.id, m.name, m.source, m.seed_label, m.n_layers, m.d_mlp, m.d_vocab, m.tokenizer_id"
-    with engine.connect() as conn:
-        cohort_id = None
-        if cohort is not None:
-            cohort_id = conn.execute(sa.text("SELECT id FROM cohort WHERE name = :n"), {"n": cohort}).scalar()
-            if cohort_id is None:
-                known = conn.execute(sa.text("SELECT name FROM cohort ORDER BY name")).scalars().all()
-                raise AtlasError(f"no cohort named {cohort} (known: {', '.join(known) or 'none'}) — ingest its models "
-                                 "with --cohort first")
-            found = conn.execute(sa.text(f"SELECT {cols} FROM model m WHERE m.cohort_id = :c ORDER BY m.seed_label, m.name"),
-                                 {"c": cohort_id}).all()
-        else:
-            found = conn.execute(sa.text(f"SELECT {cols} FROM model m WHERE m.name = ANY(:n) ORDER BY m.name"),
-                                 {"n": list(models or [])}).all()
-    rows = [_ModelRow(*r) for r in found]
+def _resolve_models(engine: Engine, cohort: str | None, models: Sequence[str] | None) -> tuple[int | None, list[ModelRecord]]:
+    """The cohort id (None without a cohort) and the models to classify."""
+    if cohort is None:
+        if not models:
+            raise AtlasError("give --cohort NAME or at least one --model NAME")
+        return None, models_by_name(engine, list(models))
+    cohort_id, rows = cohort_models(engine, cohort)
     if models:
         missing = sorted(set(models) - {r.name for r in rows})
         if missing:
-            raise AtlasError(f"no model named {', '.join(missing)}" + (f" in cohort {cohort}" if cohort else "") +
-                             " — register it first (atlas ingest)")
+            raise AtlasError(f"no model named {', '.join(missing)} in cohort {cohort} — register it first (atlas ingest)")
         rows = [r for r in rows if r.name in set(models)]
     if not rows:
-        raise AtlasError(f"cohort {cohort} has no models — ingest them first" if cohort else
-                         "give --cohort NAME or at least one --model NAME")
+        raise AtlasError(f"cohort {cohort} has no models — ingest them first")
     return cohort_id, rows
-
-
-def _vocab(engine: Engine, tokenizer_id: int, d_vocab: int) -> list[str]:
-    with engine.connect() as conn:
-        got = conn.execute(sa.text("SELECT token_id, text FROM vocab_token WHERE tokenizer_id = :t"),
-                           {"t": tokenizer_id}).all()
-    size = max([d_vocab] + [r.token_id + 1 for r in got])
-    vocab = [""] * size
-    for r in got:
-        vocab[r.token_id] = r.text
-    return vocab
-
-
-def _special_ids(engine: Engine, tokenizer_id: int) -> dict[str, int | None]:
-    with engine.connect() as conn:
-        r = conn.execute(sa.text("SELECT bos_token_id, eos_token_id, pad_token_id FROM tokenizer WHERE id = :t"),
-                         {"t": tokenizer_id}).first()
-    return {"bos": r.bos_token_id, "eos": r.eos_token_id, "pad": r.pad_token_id}
-
-
-def _partner_edges(engine: Engine, cohort_id: int, dataset_id: int, model_ids: list[int]) -> pl.DataFrame:
-    """Partner edges of the cohort's finished correlation runs on this dataset (newest run per
-    reference model and block)."""
-    with engine.connect() as conn:
-        got = conn.execute(sa.text("""
-            SELECT e.model_id, e.layer::int AS layer, e.idx, e.partner_model_id, e.partner_layer::int AS partner_layer,
-                   e.partner_idx, e.rho::float8 AS rho
-            FROM correlation_edge e JOIN run r ON r.id = e.run_id
-            WHERE r.kind = 'correlation' AND r.status = 'done' AND r.cohort_id = :c AND r.dataset_id = :d
-              AND e.model_id = ANY(:m) AND e.partner_model_id = ANY(:m)
-        """), {"c": cohort_id, "d": dataset_id, "m": model_ids}).all()
-    schema = {"model_id": pl.Int64, "layer": pl.Int64, "idx": pl.Int64, "partner_model_id": pl.Int64,
-              "partner_layer": pl.Int64, "partner_idx": pl.Int64, "rho": pl.Float64}
-    return pl.DataFrame([tuple(r) for r in got], schema=schema, orient="row").unique(
-        subset=["model_id", "layer", "idx", "partner_model_id", "partner_layer", "partner_idx"])
-
-
-def _universal_subset(engine: Engine, row: _ModelRow, dataset_id: int, config: ClassifyConfig) -> dict[int, list[int]]:
-    """Neurons of ``row`` whose excess correlation (reference side) or best-partner excess (partner
-    side, max_corr − baseline_max against the reference) is above the threshold."""
-    with engine.connect() as conn:
-        got = conn.execute(sa.text("""
-            SELECT u.layer::int AS layer, u.idx FROM neuron_universality u JOIN run r ON r.id = u.run_id
-            WHERE r.kind = 'correlation' AND r.status = 'done' AND r.dataset_id = :d AND u.model_id = :m AND u.excess > :t
-            UNION
-            SELECT p.layer::int, p.idx FROM pair_correlation p JOIN run r ON r.id = p.run_id
-            WHERE r.kind = 'correlation' AND r.status = 'done' AND r.dataset_id = :d AND p.model_id = :m
-              AND r.model_id <> :m AND p.max_corr - p.baseline_max > :t
-        """), {"d": dataset_id, "m": row.id, "t": config.universal_threshold}).all()
-    if not got:
-        with engine.connect() as conn:
-            any_corr = conn.execute(sa.text("SELECT 1 FROM run WHERE kind = 'correlation' AND status = 'done' "
-                                            "AND dataset_id = :d LIMIT 1"), {"d": dataset_id}).first()
-        if any_corr is None:
-            raise AtlasError("--universal-only needs a finished correlation run on this dataset — run `atlas correlate` first")
-    subset: dict[int, list[int]] = {}
-    for layer, idx in got:
-        subset.setdefault(int(layer), []).append(int(idx))
-    return subset
-
-
-# ---------------------------------------------------------------- storage
-
-def _writer(run_id: int, features: pl.DataFrame, labels: pl.DataFrame, families: pl.DataFrame,
-            members: pl.DataFrame, summary: dict) -> Callable:
-    from atlas.copy import copy_frame
-
-    def write(conn) -> None:
-        copy_frame(conn, "neuron_feature", features.with_columns(pl.lit(run_id, dtype=pl.Int64).alias("run_id")))
-        copy_frame(conn, "neuron_label", labels.select("model_id", "layer", "idx", "label", "score", "evidence")
-                   .with_columns(pl.lit(run_id, dtype=pl.Int64).alias("run_id")))
-        ids: dict[int, int] = {}
-        with conn.cursor() as cur:
-            for f in families.iter_rows(named=True):
-                cur.execute("INSERT INTO family (run_id, label, name, n_members, n_models, evidence) "
-                            "VALUES (%s, %s, %s, %s, %s, %s::jsonb) RETURNING id",
-                            (run_id, f["label"], f["name"], f["n_members"], f["n_models"], f["evidence"]))
-                ids[f["family"]] = cur.fetchone()[0]
-            cur.execute("UPDATE run SET params = params || %s::jsonb WHERE id = %s",
-                        (json.dumps({"result": summary}), run_id))
-        if members.height:
-            mapping = pl.DataFrame({"family": list(ids), "family_id": list(ids.values())},
-                                   schema={"family": pl.Int64, "family_id": pl.Int64})
-            copy_frame(conn, "family_member", members.join(mapping, on="family").select(
-                "family_id", "model_id", "layer", "idx", "score"))
-
-    return write
 
 
 def _to_ipc(frame: pl.DataFrame) -> bytes:
@@ -380,20 +293,6 @@ def _to_ipc(frame: pl.DataFrame) -> bytes:
 
 def _from_ipc(data: bytes) -> pl.DataFrame:
     return pl.read_ipc(io.BytesIO(data))
-
-
-def _load_checkpoint(path) -> dict:
-    try:
-        return torch.load(path, weights_only=False) if path.exists() else {}
-    except Exception:  # noqa: BLE001 - a torn checkpoint is recomputed, not fatal
-        return {}
-
-
-def _save_checkpoint(path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def thresholds_from_options(options: Sequence[str]) -> LabelThresholds:
@@ -412,4 +311,4 @@ def thresholds_from_options(options: Sequence[str]) -> LabelThresholds:
     return LabelThresholds(**values)
 
 
-__all__ = ["ClassifyConfig", "classify", "thresholds_from_options"]
+__all__ = ["ClassifyOptions", "ClassifySubject", "run_classify", "thresholds_from_options"]

@@ -1,6 +1,6 @@
 """Orchestration of a cohort's cross-seed correlation run: load, stream, checkpoint, publish.
 
-``correlate_cohort(engine, cohort, dataset)`` streams the dataset's token rows once through every
+``run_correlation(engine, cohort, dataset, options)`` streams the dataset's token rows once through every
 model of the cohort (reference and partners: one forward pass per model per batch), drops the
 positions the dataset's stored filter rule excludes, and feeds the activations to the pure
 accumulator of ``atlas.ingest.math.correlation``. When the accumulators would not fit the device, the
@@ -8,8 +8,8 @@ reference neurons are split into blocks and the data is streamed once per block.
 
 Run lifecycle (``atlas.runs``): the same cohort + dataset + reference + rotation + seed + top-k is
 one run; asking again once it is done is a no-op (``force`` recomputes). The accumulators are
-checkpointed every ``checkpoint_tokens`` kept tokens (and after each block) under the run's
-checkpoint path, so an interrupted or killed run resumes where it was when the same command is
+checkpointed every ``checkpoint_tokens`` kept tokens (and after each block) by
+``atlas.ingest.checkpoint`` (bound to this run, database, models and dataset), so an interrupted or killed run resumes where it was when the same command is
 given again (``resume``, the default). All result rows (``pair_correlation``, ``correlation_edge``,
 ``neuron_universality``) are published in one transaction, with the engine's provenance
 (precision, device, blocks, tokens) merged into the run's ``params``.
@@ -17,22 +17,16 @@ given again (``resume``, the default). All result rows (``pair_correlation``, ``
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Callable
 
-import polars as pl
-import sqlalchemy as sa
 import torch
 from sqlalchemy.engine import Engine
 
-from atlas.copy import copy_frame
 from atlas.errors import AtlasError
-from atlas.runs import begin_run
-from atlas.ingest.activations import flatten_neurons, iter_dataset_batches, kept_token_mask, mlp_activations
+from atlas.ingest.activations import flatten_neurons, kept_token_mask, mlp_activations
+from atlas.ingest.checkpoint import Checkpoint
 from atlas.ingest.math.correlation import (
     ROTATION_KINDS,
     CohortCorrelation,
@@ -44,41 +38,34 @@ from atlas.ingest.math.correlation import (
     result_frames,
 )
 from atlas.ingest.models import check_same_tokenizer, load_model, resolve_device
-from atlas.ingest.store import get_dataset
+from atlas.ingest.runs.common import Progress, RunOptions, RunOutcome
+from atlas.ingest.store import ModelRecord, cohort_models, get_dataset, iter_dataset_batches
+from atlas.ingest.store.writes import frames_writer
+from atlas.runs import begin_run
 
-CHECKPOINT_VERSION = 1
 DEFAULT_CHECKPOINT_TOKENS = 20_000_000
 
 
-@dataclass(frozen=True)
-class CohortModel:
-    """A model row of the cohort, as the atlas registered it."""
+@dataclass
+class CorrelateOptions(RunOptions):
+    """Parameters of a correlation run. ``reference``, ``rotation``, ``seed`` and ``top_k`` identify
+    it (with the cohort's models and the dataset); the rest only affect speed and memory."""
 
-    id: int
-    name: str
-    source: str
-    revision: str | None
-    seed_label: str | None
-    tokenizer_id: int
-    n_layers: int
-    d_mlp: int
-
-
-def cohort_models(engine: Engine, cohort: str) -> tuple[int, list[CohortModel]]:
-    """The cohort's id and its models ordered by seed label, then name."""
-    with engine.connect() as conn:
-        cohort_id = conn.execute(sa.text("SELECT id FROM cohort WHERE name = :n"), {"n": cohort}).scalar()
-        if cohort_id is None:
-            known = conn.execute(sa.text("SELECT name FROM cohort ORDER BY name")).scalars().all()
-            raise AtlasError(f"no cohort named {cohort} (known: {', '.join(known) or 'none'}) — register its models "
-                             "with --cohort first")
-        rows = conn.execute(sa.text(
-            "SELECT id, name, source, revision, seed_label, tokenizer_id, n_layers, d_mlp FROM model "
-            "WHERE cohort_id = :c ORDER BY seed_label NULLS LAST, name"), {"c": cohort_id}).all()
-    return int(cohort_id), [CohortModel(**row._mapping) for row in rows]
+    reference: str | None = None  # default: the cohort's first model by seed label
+    rotation: str = "orthogonal"  # or "gaussian_unit_rows" (the paper's)
+    seed: int = 0  # draws the baseline's rotations
+    top_k: int = 10  # partner neurons stored per reference neuron and partner
+    precision: str | None = None  # GEMM inputs: fp32 | tf32 | bf16 | fp16 (default fp16 on CUDA, fp32 on CPU)
+    batch_size: int | None = None  # context rows per forward pass (default ~8k tokens on CUDA, ~4k on CPU)
+    block_size: int | None = None  # at most this many reference neurons per data pass (default: as many as fit)
+    budget_bytes: int | None = None  # device bytes the accumulators may use (default: free memory less a reserve)
+    checkpoint_tokens: int = DEFAULT_CHECKPOINT_TOKENS  # kept tokens between checkpoints
+    models: tuple[str, ...] | None = None  # correlate only these models of the cohort (default: all)
+    allow_mixed_shapes: bool = False  # the paper's cohorts are one architecture; refuse others unless asked
+    on_batch: Callable[[int], Any] | None = None  # called with tokens_done after every batch (tests)
 
 
-def choose_reference(models: list[CohortModel], reference: str | None, cohort: str) -> tuple[CohortModel, list[CohortModel]]:
+def choose_reference(models: list[ModelRecord], reference: str | None, cohort: str) -> tuple[ModelRecord, list[ModelRecord]]:
     """The reference (by name; default the first by seed label) and the partners, in cohort order."""
     if len(models) < 2:
         raise AtlasError(f"cohort {cohort} has {len(models)} model(s) — correlating seeds needs at least two")
@@ -93,7 +80,7 @@ def choose_reference(models: list[CohortModel], reference: str | None, cohort: s
     return ref, [m for m in models if m.id != ref.id]
 
 
-def check_cohort_tokenizers(models: list[CohortModel], dataset_tokenizer_id: int, cohort: str, dataset: str) -> None:
+def check_cohort_tokenizers(models: list[ModelRecord], dataset_tokenizer_id: int, cohort: str, dataset: str) -> None:
     """Refuse a cohort whose models do not share one tokenizer, or a dataset tokenised by another."""
     by_tok: dict[int, list[str]] = {}
     for m in models:
@@ -107,148 +94,134 @@ def check_cohort_tokenizers(models: list[CohortModel], dataset_tokenizer_id: int
                          "dataset with the cohort's tokenizer (`atlas dataset build --model <a cohort model>`)")
 
 
-def correlate_cohort(
-    engine: Engine,
-    cohort: str,
-    dataset: str,
-    reference: str | None = None,
-    *,
-    rotation: str = "orthogonal",
-    seed: int = 0,
-    top_k: int = 10,
-    device: str | None = "auto",
-    precision: str | None = None,
-    batch_size: int | None = None,
-    block_size: int | None = None,
-    budget_bytes: int | None = None,
-    checkpoint_tokens: int = DEFAULT_CHECKPOINT_TOKENS,
-    resume: bool = True,
-    force: bool = False,
-    progress: bool = True,
-    log: Callable[[str], Any] | None = print,
-    on_batch: Callable[[int], Any] | None = None,
-) -> int | None:
-    """Correlate every neuron of ``reference`` with every neuron of each other model of ``cohort``
+def run_correlation(engine: Engine, cohort: str, dataset: str, options: CorrelateOptions | None = None) -> RunOutcome:
+    """Correlate every neuron of the reference with every neuron of each other model of ``cohort``
     over ``dataset``'s kept tokens, with the random-rotation baseline; store per-neuron results.
 
-    Returns the run id, or None when the same run is already done (no-op; ``force`` recomputes).
-    ``rotation``: ``"orthogonal"`` (Haar) or ``"gaussian_unit_rows"`` (the paper's); ``seed`` draws it.
-    ``batch_size``: context rows per forward pass (default: ~8k tokens on CUDA, ~4k on CPU).
-    ``block_size``: at most this many reference neurons per data pass (default: as many as fit).
-    ``budget_bytes``: device bytes the accumulators may use (default: free memory less a reserve).
-    ``resume``: continue from the checkpoint of an interrupted run (else discard it).
-    ``on_batch(tokens_done)``: called after every batch (heartbeats; tests interrupt runs with it).
+    Returns the outcome (``skipped`` when the same run is already done; ``force`` recomputes).
     """
-    say = log or (lambda _msg: None)
-    if rotation not in ROTATION_KINDS:
-        raise AtlasError(f"unknown rotation {rotation!r} — use one of {', '.join(ROTATION_KINDS)}")
-    if top_k < 1:
-        raise AtlasError(f"--top-k must be at least 1, got {top_k}")
+    options = options or CorrelateOptions()
+    say = options.log
+    if options.rotation not in ROTATION_KINDS:
+        raise AtlasError(f"unknown rotation {options.rotation!r} — use one of {', '.join(ROTATION_KINDS)}")
+    if options.top_k < 1:
+        raise AtlasError(f"--top-k must be at least 1, got {options.top_k}")
     cohort_id, models = cohort_models(engine, cohort)
+    if options.models is not None:
+        unknown = sorted(set(options.models) - {m.name for m in models})
+        if unknown:
+            raise AtlasError(f"model {', '.join(unknown)} is not in cohort {cohort} — ingest it with --cohort {cohort}")
+        models = [m for m in models if m.name in set(options.models)]
     info = get_dataset(engine, dataset)
-    ref, partners = choose_reference(models, reference, cohort)
+    ref, partners = choose_reference(models, options.reference, cohort)
     check_cohort_tokenizers(models, info.tokenizer_id, cohort, dataset)
+    shapes = {(m.n_layers, m.d_mlp) for m in models}
+    if len(shapes) > 1 and not options.allow_mixed_shapes:
+        listed = ", ".join(f"{m.name} {m.n_layers}×{m.d_mlp}" for m in models)
+        raise AtlasError(f"the models of cohort {cohort} differ in shape (layers × d_mlp: {listed}) — a cohort is one "
+                         "architecture trained with different seeds; pass --allow-mixed-shapes to correlate anyway")
     if info.n_kept_tokens < 2:
         raise AtlasError(f"dataset {dataset} keeps {info.n_kept_tokens} token(s) after its filter rule — correlations "
                          "need a dataset with more text")
-    device = resolve_device(device)
+    device = resolve_device(options.device)
 
     params = {
         "reference": ref.name, "reference_id": ref.id,
         "partners": [p.name for p in partners], "partner_ids": [p.id for p in partners],
-        "rotation": rotation, "rotation_seed": int(seed), "top_k": int(top_k),
+        "rotation": options.rotation, "rotation_seed": int(options.seed), "top_k": int(options.top_k),
         "hook": "hook_post", "filter_rule": info.filter_rule,
     }
     run = begin_run(engine, "correlation", params=params, model_id=ref.id, cohort_id=cohort_id,
-                    dataset_id=info.id, device=device, force=force)
+                    dataset_id=info.id, device=device, force=options.force)
     if run is None:
         say(f"correlation of cohort {cohort} on {dataset} (reference {ref.name}) is already done — nothing to do "
             "(--force recomputes)")
-        return None
+        return RunOutcome("correlation", cohort, None, "skipped")
 
+    t0 = time.perf_counter()
     with run:
         loaded = [_load(m, device) for m in (ref, *partners)]
         tok_hash = check_same_tokenizer(loaded)
         if tok_hash != info.tokenizer_hash:
             raise AtlasError(f"dataset {dataset} was tokenised with another tokenizer than cohort {cohort}'s — build "
                              "a dataset with the cohort's tokenizer")
-        ref_shape = (ref.n_layers, ref.d_mlp)
-        partner_shapes = [(p.n_layers, p.d_mlp) for p in partners]
-        n_ref = ref.n_layers * ref.d_mlp
-        rows_per_batch = batch_size or max(1, (8192 if device.startswith("cuda") else 4096) // info.context_length)
-
-        ckpt_path = run.checkpoint_path
-        state = _load_checkpoint(ckpt_path, run.key) if resume else None
-        if state is None:
-            ckpt_path.unlink(missing_ok=True)
-            plan, rows_per_batch = _plan(device, n_ref, partner_shapes, info.context_length, rows_per_batch,
-                                         adapt=batch_size is None, budget_bytes=budget_bytes, block_size=block_size)
-            state = {"blocks": [list(b) for b in plan.blocks], "buffered": plan.buffered, "block": 0,
-                     "next_row": 0, "tokens_done": 0, "acc": None, "results": [], "batch_rows": rows_per_batch}
-        elif batch_size is None:
-            rows_per_batch = int(state.get("batch_rows", rows_per_batch))
-        blocks = [tuple(b) for b in state["blocks"]]
-        tokens_total = info.n_kept_tokens * len(blocks)
-        run.progress(state["tokens_done"], tokens_total)
-        say(f"correlating cohort {cohort} on {dataset}: reference {ref.name}, partners "
-            f"{', '.join(p.name for p in partners)}; {info.n_kept_tokens:,} kept tokens × {len(blocks)} block(s) of "
-            f"reference neurons; {rotation} baseline (seed {seed}); device {device}"
-            + (f"; resuming at {state['tokens_done']:,} tokens" if state["tokens_done"] else ""))
-
-        bar = _progress_bar(tokens_total, state["tokens_done"], f"correlate {cohort}", progress)
-        results = [_result_from_state(r) for r in state["results"]]
-        acc = None
-        used_precision = precision
-        last_beat = time.monotonic()
-        try:
-            for b in range(state["block"], len(blocks)):
-                acc = CohortCorrelation(ref_shape, partner_shapes, ref_slice=blocks[b], device=device,
-                                        precision=precision, buffered=state["buffered"], rotation=rotation,
-                                        rotation_seed=seed)
-                used_precision = acc.precision
-                if state["acc"] is not None:
-                    acc.load_state_dict(state["acc"])
-                    state["acc"] = None
-                since_ckpt = 0
-                for first_row, tokens in iter_dataset_batches(engine, info, rows_per_batch, start_row=state["next_row"]):
-                    keep = kept_token_mask(tokens, info.filter_rule).reshape(-1)
-                    acts = [_kept_post(model, tokens, keep) for model in loaded]
-                    acc.update(acts[0], acts[1:])
-                    del acts
-                    kept = int(keep.sum())
-                    state["next_row"] = first_row + tokens.shape[0]
-                    state["tokens_done"] += kept
-                    since_ckpt += kept
-                    bar.update(kept)
-                    if since_ckpt >= checkpoint_tokens:
-                        _save_checkpoint(ckpt_path, run.key, state, acc, results, b)
-                        since_ckpt = 0
-                    if time.monotonic() - last_beat > 30:
-                        run.progress(state["tokens_done"], tokens_total)
-                        last_beat = time.monotonic()
-                    if on_batch is not None:
-                        on_batch(state["tokens_done"])
-                results.append(acc.finalize(top_k))
-                acc = None
-                state["next_row"] = 0
-                if b + 1 < len(blocks):  # a finished block is never streamed again
-                    _save_checkpoint(ckpt_path, run.key, state, None, results, b + 1)
-        finally:
-            bar.close()
-
-        result = combine_blocks(results)
+        checkpoint = Checkpoint.for_run(run, models=[m.revision for m in loaded], dataset=info.content_hash, warn=say)
+        result, state, rows_per_batch, used_precision, resumed_at = _stream(
+            run, checkpoint, loaded, ref, partners, info, device, options)
         frames = result_frames(result, model_id=ref.id, partner_model_ids=[p.id for p in partners])
         provenance = {"engine": {
             "precision": used_precision,
-            "device": device, "blocks": len(blocks), "buffered": state["buffered"],
+            "device": device, "blocks": len(state["blocks"]), "buffered": state["buffered"],
             "n_tokens": result.n_tokens, "batch_rows": rows_per_batch, "top_k_stored": result.top_k,
         }}
-        run.progress(state["tokens_done"], tokens_total)
-        run.publish(_writer(run.id, frames, provenance))
-        n_universal = int((result.excess > 0.5).sum())
-        say(f"done: run {run.id}; {result.n_tokens:,} tokens; {n_universal} of {n_ref} reference neurons have "
-            "excess correlation > 0.5")
-        return run.id
+        run.publish(frames_writer(run.id, frames, provenance))
+        checkpoint.discard()
+    n_universal = int((result.excess > 0.5).sum())
+    say(f"done: run {run.id}; {result.n_tokens:,} tokens; {n_universal} of {ref.n_neurons} reference neurons have "
+        "excess correlation > 0.5")
+    return RunOutcome("correlation", cohort, run.id, "done", tokens=state["tokens_done"] - resumed_at,
+                      seconds=time.perf_counter() - t0, resumed_at=resumed_at,
+                      extra={"n_universal_at_0.5": n_universal})
+
+
+def _stream(run, checkpoint: Checkpoint, loaded: list, ref: ModelRecord, partners: list[ModelRecord], info,
+            device: str, options: CorrelateOptions):
+    """Stream the dataset once per block of reference neurons; returns the combined result, the final
+    streaming state, the batch rows used, the GEMM precision and the tokens resumed at."""
+    ref_shape = (ref.n_layers, ref.d_mlp)
+    partner_shapes = [(p.n_layers, p.d_mlp) for p in partners]
+    rows_per_batch = options.batch_size or max(1, (8192 if device.startswith("cuda") else 4096) // info.context_length)
+
+    state = checkpoint.load() if options.resume else checkpoint.discard()
+    if state is None:
+        plan, rows_per_batch = _plan(device, ref.n_neurons, partner_shapes, info.context_length, rows_per_batch,
+                                     adapt=options.batch_size is None, budget_bytes=options.budget_bytes,
+                                     block_size=options.block_size)
+        state = {"blocks": [list(b) for b in plan.blocks], "buffered": plan.buffered, "block": 0,
+                 "next_row": 0, "tokens_done": 0, "acc": None, "results": [], "batch_rows": rows_per_batch}
+    elif options.batch_size is None:
+        rows_per_batch = int(state.get("batch_rows", rows_per_batch))
+    blocks = [tuple(b) for b in state["blocks"]]
+    tokens_total = info.n_kept_tokens * len(blocks)
+    resumed_at = int(state["tokens_done"])
+    options.log(f"correlating cohort on {info.name}: reference {ref.name}, partners "
+                f"{', '.join(p.name for p in partners)}; {info.n_kept_tokens:,} kept tokens × {len(blocks)} block(s) "
+                f"of reference neurons; {options.rotation} baseline (seed {options.seed}); device {device}"
+                + (f"; resuming at {resumed_at:,} tokens" if resumed_at else ""))
+
+    results = [_result_from_state(r) for r in state["results"]]
+    used_precision = options.precision
+    with Progress(run, tokens_total, resumed_at, f"correlate {ref.name}", options.progress) as progress:
+        for b in range(state["block"], len(blocks)):
+            acc = CohortCorrelation(ref_shape, partner_shapes, ref_slice=blocks[b], device=device,
+                                    precision=options.precision, buffered=state["buffered"], rotation=options.rotation,
+                                    rotation_seed=options.seed)
+            used_precision = acc.precision
+            if state["acc"] is not None:
+                acc.load_state_dict(state["acc"])
+                state["acc"] = None
+            since_ckpt = 0
+            for first_row, tokens in iter_dataset_batches(run.engine, info, rows_per_batch, start_row=state["next_row"]):
+                keep = kept_token_mask(tokens, info.filter_rule).reshape(-1)
+                acts = [_kept_post(model, tokens, keep) for model in loaded]
+                acc.update(acts[0], acts[1:])
+                del acts
+                kept = int(keep.sum())
+                state["next_row"] = first_row + tokens.shape[0]
+                state["tokens_done"] += kept
+                since_ckpt += kept
+                progress.advance(kept)
+                if since_ckpt >= options.checkpoint_tokens:
+                    checkpoint.save(_checkpoint_state(state, acc, results, b))
+                    since_ckpt = 0
+                if options.on_batch is not None:
+                    options.on_batch(state["tokens_done"])
+            results.append(acc.finalize(options.top_k))
+            state["next_row"] = 0
+            if b + 1 < len(blocks):  # a finished block is never streamed again
+                checkpoint.save(_checkpoint_state(state, None, results, b + 1))
+        progress.close()
+    return combine_blocks(results), state, rows_per_batch, used_precision, resumed_at
 
 
 # ---------------------------------------------------------------- helpers
@@ -279,7 +252,7 @@ def _plan(device: str, n_ref: int, partner_shapes: list[tuple[int, int]], contex
     return best, rows
 
 
-def _load(model: CohortModel, device: str):
+def _load(model: ModelRecord, device: str):
     loaded = load_model(model.source, device, name=model.name)
     if model.revision and loaded.revision and loaded.revision != model.revision:
         raise AtlasError(f"the checkpoint of {model.name} at {model.source} changed since it was registered "
@@ -293,24 +266,6 @@ def _kept_post(model, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return flatten_neurons(post)[keep.to(post.device)]
 
 
-def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc=desc, disable=not enabled,
-                dynamic_ncols=True, smoothing=0.1)
-
-
-def _writer(run_id: int, frames: dict[str, pl.DataFrame], provenance: dict[str, Any]):
-    """Publish-time writer: COPY every result frame and merge provenance into the run's params,
-    inside the run's one publishing transaction."""
-    def write(conn) -> None:
-        for table, frame in frames.items():
-            copy_frame(conn, table, frame.with_columns(pl.lit(run_id, dtype=pl.Int64).alias("run_id")))
-        conn.execute("UPDATE run SET params = params || %s::jsonb WHERE id = %s",
-                     (json.dumps(provenance, sort_keys=True), run_id))
-    return write
-
-
 def _result_to_state(result: CorrelationResult) -> dict[str, Any]:
     return {f.name: getattr(result, f.name) for f in fields(result)}
 
@@ -322,31 +277,13 @@ def _result_from_state(state: dict[str, Any]) -> CorrelationResult:
     return CorrelationResult(**values)
 
 
-def _save_checkpoint(path: Path, key: str, state: dict[str, Any], acc: CohortCorrelation | None,
-                     results: list[CorrelationResult], block: int) -> None:
-    """Atomically write the run's streaming state: the block being streamed, the next row, the
-    accumulator (a flush point) and the results of finished blocks."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "version": CHECKPOINT_VERSION, "key": key, "blocks": state["blocks"], "buffered": state["buffered"],
-        "block": block, "next_row": state["next_row"], "tokens_done": state["tokens_done"],
-        "batch_rows": state.get("batch_rows"),
+def _checkpoint_state(state: dict[str, Any], acc: CohortCorrelation | None, results: list[CorrelationResult],
+                      block: int) -> dict[str, Any]:
+    """The streaming state to checkpoint: the block being streamed, the next row, the accumulator
+    (at a flush point) and the results of finished blocks."""
+    return {
+        "blocks": state["blocks"], "buffered": state["buffered"], "block": block, "next_row": state["next_row"],
+        "tokens_done": state["tokens_done"], "batch_rows": state.get("batch_rows"),
         "acc": acc.state_dict() if acc is not None else None,
         "results": [_result_to_state(r) for r in results],
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, key: str) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - an unreadable checkpoint is restarted, not fatal
-        raise AtlasError(f"the checkpoint {path} cannot be read ({str(err).splitlines()[0] if str(err) else err}) — "
-                         "delete it or pass --restart to start the run over") from err
-    if state.get("version") != CHECKPOINT_VERSION or state.get("key") != key:
-        return None
-    return state

@@ -1,5 +1,6 @@
 """Database writes of ingestion: tokenizers and vocabularies, cohorts, models and neurons, token
-datasets and their rows. Result sets of runs are written by ``atlas.runs.RunHandle.publish``.
+datasets and their rows, and the result writers that runs hand to ``RunHandle.publish`` (called
+inside its one transaction).
 
 Every function here is idempotent: registering the same tokenizer, model or dataset again returns
 the existing id. Conflicting content under an existing name is refused with a one-line AtlasError.
@@ -7,8 +8,8 @@ the existing id. Conflicting content under an existing name is refused with a on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import json
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import polars as pl
@@ -116,71 +117,7 @@ def _get_or_create_cohort(conn: Connection, name: str, tokenizer_id: int, model_
     return int(row.id)
 
 
-def model_id_by_name(engine: Engine, name: str) -> int | None:
-    with engine.connect() as conn:
-        found = conn.execute(sa.text("SELECT id FROM model WHERE name = :n"), {"n": name}).scalar()
-    return None if found is None else int(found)
-
-
 # ---------------------------------------------------------------- datasets
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """A stored token dataset (the ``dataset`` row, plus its tokenizer's content hash)."""
-
-    id: int
-    name: str
-    source: str
-    tokenizer_id: int
-    tokenizer_hash: str
-    context_length: int
-    n_rows: int
-    n_tokens: int
-    n_kept_tokens: int
-    filter_rule: dict[str, Any]
-    content_hash: str
-    seed: int | None
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-_DATASET_SELECT = """
-    SELECT d.id, d.name, d.source, d.tokenizer_id, t.content_hash AS tokenizer_hash, d.context_length, d.n_rows,
-           d.n_tokens, d.n_kept_tokens, d.filter_rule, d.content_hash, d.seed, d.params
-    FROM dataset d JOIN tokenizer t ON t.id = d.tokenizer_id
-"""
-
-
-def get_dataset(engine: Engine, name: str) -> DatasetInfo:
-    """The dataset called ``name``, or an AtlasError listing the ones that exist."""
-    with engine.connect() as conn:
-        row = conn.execute(sa.text(_DATASET_SELECT + " WHERE d.name = :n"), {"n": name}).mappings().first()
-        if row is None:
-            names = conn.execute(sa.text("SELECT name FROM dataset ORDER BY name")).scalars().all()
-    if row is None:
-        known = f"known: {', '.join(names)}" if names else "there are none yet"
-        raise AtlasError(f"no dataset named {name} ({known}) — build it with `atlas dataset build {name} ...`")
-    return DatasetInfo(**row)
-
-
-def resolve_dataset(engine: Engine, dataset: DatasetInfo | int | str) -> DatasetInfo:
-    """A ``DatasetInfo`` from a name, an id, or an info object (returned as is)."""
-    if isinstance(dataset, DatasetInfo):
-        return dataset
-    if isinstance(dataset, int):
-        with engine.connect() as conn:
-            row = conn.execute(sa.text(_DATASET_SELECT + " WHERE d.id = :i"), {"i": dataset}).mappings().first()
-        if row is None:
-            raise AtlasError(f"no dataset with id {dataset} — list them with `atlas status`")
-        return DatasetInfo(**row)
-    return get_dataset(engine, str(dataset))
-
-
-def dataset_exists(engine: Engine, name: str) -> DatasetInfo | None:
-    try:
-        return get_dataset(engine, name)
-    except AtlasError:
-        return None
-
 
 def store_dataset(engine: Engine, *, name: str, source: str, tokenizer: Any, rows: torch.Tensor | np.ndarray,
                   filter_rule: dict[str, Any], content_hash: str, n_kept_tokens: int, seed: int | None = None,
@@ -220,20 +157,49 @@ def store_dataset(engine: Engine, *, name: str, source: str, tokenizer: Any, row
         return int(dataset_id)
 
 
-def load_dataset_rows(engine: Engine, dataset: DatasetInfo | int | str) -> torch.Tensor:
-    """All token rows of a dataset as ``LongTensor[n_rows, context_length]`` (small datasets, tests)."""
-    info = resolve_dataset(engine, dataset)
-    with engine.connect() as conn:
-        got = conn.execute(sa.text("SELECT tokens FROM dataset_row WHERE dataset_id = :d ORDER BY row_idx"),
-                           {"d": info.id}).scalars().all()
-    return torch.tensor(got, dtype=torch.long).reshape(len(got), info.context_length)
+# ---------------------------------------------------------------- result writers (for RunHandle.publish)
+
+def frames_writer(run_id: int, frames: Mapping[str, pl.DataFrame], provenance: dict[str, Any] | None = None) -> Callable:
+    """Publish-time writer: COPY each ``{table: frame}`` (with ``run_id``) and merge ``provenance``
+    into the run's ``params``, on the psycopg connection of the publishing transaction."""
+    def write(conn) -> None:
+        for table, frame in frames.items():
+            if "run_id" not in frame.columns:
+                frame = frame.with_columns(pl.lit(run_id, dtype=pl.Int64).alias("run_id"))
+            copy_frame(conn, table, frame)
+        if provenance:
+            conn.execute("UPDATE run SET params = params || %s::jsonb WHERE id = %s",
+                         (json.dumps(provenance, sort_keys=True, default=str), run_id))
+    return write
+
+
+def classify_writer(run_id: int, features: pl.DataFrame, labels: pl.DataFrame, families: pl.DataFrame,
+                    members: pl.DataFrame, summary: dict[str, Any]) -> Callable:
+    """Publish-time writer of a classify run: features, labels, families (generated ids) and their
+    members, and the run's result summary in ``params.result``."""
+    def write(conn) -> None:
+        frames_writer(run_id, {
+            "neuron_feature": features,
+            "neuron_label": labels.select("model_id", "layer", "idx", "label", "score", "evidence"),
+        }, {"result": summary})(conn)
+        ids: dict[int, int] = {}
+        with conn.cursor() as cur:
+            for f in families.iter_rows(named=True):
+                cur.execute("INSERT INTO family (run_id, label, name, n_members, n_models, evidence) "
+                            "VALUES (%s, %s, %s, %s, %s, %s::jsonb) RETURNING id",
+                            (run_id, f["label"], f["name"], f["n_members"], f["n_models"], f["evidence"]))
+                ids[f["family"]] = cur.fetchone()[0]
+        if members.height:
+            mapping = pl.DataFrame({"family": list(ids), "family_id": list(ids.values())},
+                                   schema={"family": pl.Int64, "family_id": pl.Int64})
+            copy_frame(conn, "family_member", members.join(mapping, on="family").select(
+                "family_id", "model_id", "layer", "idx", "score"))
+    return write
 
 
 # ---------------------------------------------------------------- helpers
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True, default=str)
 
 

@@ -1,0 +1,3 @@
+from atlas.app.cli import main
+
+main()

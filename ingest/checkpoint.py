@@ -1,0 +1,136 @@
+"""Checkpoints of streaming runs: one format for stats, correlation and classify.
+
+A checkpoint belongs to ONE run of ONE database. Its identity — the database (cluster system
+identifier, database name and oid: ``atlas.db.database_identity``), the run id and key, the content
+hashes of the models and of the dataset, the run's parameters and the code version — names the
+file and is stored inside it. ``load`` resumes only from a file whose stored identity equals the
+run's; a checkpoint of the same run made with other parameters or another code version is
+discarded with a warning, and files of other databases sharing the directory are never read or
+touched. Writes are atomic (temporary file, fsync, rename) and loads use ``weights_only=True``.
+
+Typical use inside a run::
+
+    ckpt = Checkpoint.for_run(run, models=[loaded.revision], dataset=info.content_hash)
+    state = ckpt.load() if resume else ckpt.discard()   # dict or None
+    ...
+    ckpt.save({"next_row": 128, "accumulators": acc.state_dict()})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+log = logging.getLogger("atlas.checkpoint")
+
+FORMAT = 2  # bump when the payload layout changes: older files are discarded, never misread
+
+
+@dataclass(frozen=True)
+class CheckpointIdentity:
+    """Everything a checkpoint must match to be resumed."""
+
+    database: str
+    run_id: int
+    run_key: str
+    kind: str
+    models: tuple[str, ...]
+    dataset: str
+    params: str  # sha256 of the run's parameters (canonical JSON)
+    code_version: str
+    format: int = FORMAT
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def database_digest(self) -> str:
+        return hashlib.sha256(self.database.encode()).hexdigest()[:10]
+
+
+class Checkpoint:
+    """The checkpoint file of one run: ``<dir>/<kind>-db<database>-run<id>-<identity>.pt``."""
+
+    def __init__(self, directory: Path, identity: CheckpointIdentity, *, warn: Callable[[str], Any] | None = None):
+        self.directory = Path(directory)
+        self.identity = identity
+        self._warn = warn or (lambda message: log.warning(message))
+
+    @classmethod
+    def for_run(cls, run: Any, *, models: Sequence[str | None], dataset: str | None,
+                warn: Callable[[str], Any] | None = None) -> Checkpoint:
+        """The checkpoint of an ``atlas.runs.RunHandle`` over models (content hashes) and a dataset."""
+        from atlas.db import database_identity
+        from atlas.runs import code_version
+        from atlas.settings import get_settings
+
+        identity = CheckpointIdentity(
+            database=database_identity(run.engine), run_id=int(run.id), run_key=run.key, kind=run.kind,
+            models=tuple(str(m) for m in models), dataset=str(dataset),
+            params=hashlib.sha256(json.dumps(run.params, sort_keys=True, default=str).encode()).hexdigest(),
+            code_version=code_version(),
+        )
+        return cls(get_settings().checkpoints_dir, identity, warn=warn)
+
+    @property
+    def _prefix(self) -> str:
+        i = self.identity
+        return f"{i.kind}-db{i.database_digest}-run{i.run_id}-"
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self._prefix}{self.identity.digest()}.pt"
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        """The saved state of this run, or None (nothing saved, or saved by something else: warned and removed)."""
+        self._discard_others()
+        if not self.path.exists():
+            return None
+        try:
+            payload = torch.load(self.path, map_location=map_location, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a torn or corrupt file is restarted, never fatal
+            self._warn(f"checkpoint {self.path.name} cannot be read ({type(err).__name__}); starting the run over")
+            self.discard()
+            return None
+        stored = payload.get("identity") if isinstance(payload, dict) else None
+        if stored != asdict(self.identity):
+            self._warn(f"checkpoint {self.path.name} belongs to another run or database; starting the run over")
+            self.discard()
+            return None
+        return payload["state"]
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Atomically replace the checkpoint with ``state`` (tensors, numbers, strings, lists, dicts)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as handle:
+            torch.save({"identity": asdict(self.identity), "state": state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+
+    def discard(self) -> None:
+        """Remove this run's checkpoint (after publishing, or to start over). Returns None."""
+        self.path.unlink(missing_ok=True)
+        for stale in self.directory.glob(f"{self.path.name}.tmp*"):
+            stale.unlink(missing_ok=True)
+
+    def _discard_others(self) -> None:
+        """Older checkpoints of the SAME run and database (other parameters, code version or format)."""
+        if not self.directory.exists():
+            return
+        for other in self.directory.glob(f"{self._prefix}*.pt"):
+            if other != self.path:
+                self._warn(f"checkpoint {other.name} of run {self.identity.run_id} was made with other parameters "
+                           "or another code version; not resuming from it")
+                other.unlink(missing_ok=True)
