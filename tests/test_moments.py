@@ -90,6 +90,22 @@ def test_histogram_matches_numpy_including_edges(edges):
         np.testing.assert_array_equal(h.result()[j].numpy(), ref)
 
 
+@pytest.mark.parametrize("edges", [histogram_edges(), histogram_edges(-3, 3, 61), histogram_edges(1000, 1001, 129),
+                                   histogram_edges(-1e-3, 1e-3, 256)], ids=["default", "narrow", "far-from-zero", "tiny"])
+def test_histogram_is_exact_at_every_edge(edges):
+    """Every edge, and the float32 neighbours on both sides of it, land where numpy puts them."""
+    e = edges.float()
+    around = torch.cat([e, torch.nextafter(e, torch.tensor(-np.inf)), torch.nextafter(e, torch.tensor(np.inf)),
+                        (e[:-1] + e[1:]) / 2, torch.tensor([-np.inf, np.inf, -3e38, 3e38, 0.0])])
+    x = torch.stack([around, around.flip(0), around.roll(7)], dim=1)
+    h = Histogram(x.shape[1], edges)
+    h.update(x[:100])
+    h.update(x[100:])
+    for j in range(x.shape[1]):
+        ref, _ = np.histogram(x[:, j].double().numpy(), bins=edges.double().numpy())
+        np.testing.assert_array_equal(h.result()[j].numpy(), ref)
+
+
 @pytest.mark.parametrize("sizes", [[100, 400, 497], [10] * 99 + [7]], ids=["dense", "sparse-updates"])
 def test_topk_is_exact(sizes):
     g = torch.Generator().manual_seed(5)
@@ -112,7 +128,6 @@ def test_token_table_matches_direct_computation():
     x = torch.randn(n_tok, n, generator=g)
     ids = torch.randint(0, vocab - 3, (n_tok,), generator=g)  # the last 3 tokens never appear
     table = TokenTable(n, vocab)
-    table.MAX_CHUNK_ELEMENTS = 600 * 2  # exercise the chunked max
     for b, i in zip(_batches(x, [200, 400]), _batches(ids, [200, 400])):
         table.update(b, i)
     tok, cnt, means, maxs = table.top_by_mean(10, min_count=3)
