@@ -64,12 +64,12 @@ def device_name(device: str) -> str:
 def timed(fns: dict[str, Callable[[], object]], device: str, repeats: int) -> dict[str, float]:
     """Median seconds of each function over ``repeats`` rounds (after a warm-up round).
 
-    The functions are interleaved round by round, so a change in machine load affects them alike
-    (the ratios between them are what this benchmark reports).
+    The functions are interleaved round by round (in reversed order every other round), so a change
+    in machine load affects them alike (the ratios between them are what this benchmark reports).
     """
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(repeats + 1):
-        for name, fn in fns.items():
+        for name, fn in (list(fns.items()) if round_ % 2 else list(fns.items())[::-1]):
             sync(device)
             t0 = time.perf_counter()
             fn()
@@ -143,9 +143,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: demo on CPU, gpt2-small on CUDA")
     parser.add_argument("--batches", type=int, default=None, help="batches streamed per measurement")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=150,
+                        help="batches streamed into the accumulators before measuring (the top-k fill up)")
     parser.add_argument("--baseline", default=BASELINE_REV, help="git revision of the accumulators to compare with")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-db", action="store_true")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from atlas.ingest.activations import kept_token_mask, mlp_activations
     from atlas.ingest.runs.stats import _token_sum_dtype
@@ -158,11 +163,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model = make_model(shape, Path(tmp) / "model", device)
     b, ctx, N = shape["batch"], shape["ctx"], model.n_neurons
     g = torch.Generator().manual_seed(0)
-    # a fresh batch every time, as in a real pass (a repeated batch would re-enter every top-k)
-    stream = [torch.randint(1, shape["vocab"], (b, ctx), generator=g) for _ in range(n_batches * (args.repeats + 1))]
-    for t in stream:
+
+    def fresh_batch() -> torch.Tensor:
+        t = torch.randint(1, shape["vocab"], (b, ctx), generator=g)
         t[:, 0] = 0  # BOS
-    stream = [t.to(device) for t in stream]
+        return t.to(device)
+
     rule = {"exclude_token_ids": [0]}
     n_tokens = n_batches * b * ctx
     versions = {"stats": current}
@@ -170,37 +176,61 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if baseline is not None:
         versions["stats_baseline"] = baseline
     accs = {name: mod.NeuronStatsAccumulator(N, model.d_vocab, device=device, token_sum_dtype=_token_sum_dtype(model))
-            for name, mod in versions.items()}  # one per version for all rounds: the steady state of a long pass
-    calls = {name: 0 for name in ["forward", "activations", *versions]}
+            for name, mod in versions.items()}  # one per version for the whole run, as in one long pass
+    served = {"batches": 0}
 
-    def next_batches(name: str) -> list:
-        first = calls[name] * n_batches
-        calls[name] += 1
-        return [(first + i, stream[first + i]) for i in range(n_batches)]
+    def kept(t: torch.Tensor, first_token: int) -> tuple:
+        acts = mlp_activations(model, t, hooks=("pre", "post"))
+        keep = kept_token_mask(t, rule).reshape(-1)
+        return (acts["pre"].reshape(-1, N)[keep], acts["post"].reshape(-1, N)[keep], t.reshape(-1)[keep],
+                (first_token + torch.arange(b * ctx, device=t.device))[keep])
 
-    def forward():
-        with torch.no_grad():
-            for _, t in next_batches("forward"):
-                model.bridge(t)
+    def measure(phase: str) -> tuple[dict[str, float], float]:
+        """Interleaved rounds on a fresh stream (a repeated batch would re-enter every top-k); every
+        contestant gets the same batches. Returns the median times and the share of columns whose
+        top-k the next fresh batch changes."""
+        stream = [fresh_batch() for _ in range(n_batches * (args.repeats + 1))]
+        offset = served["batches"]
+        served["batches"] += len(stream)
+        calls = {name: 0 for name in ["forward", "activations", *versions]}
 
-    def activations():
-        for _, t in next_batches("activations"):
-            mlp_activations(model, t, hooks=("pre", "post"))
+        def next_batches(name: str) -> list:
+            first = calls[name] * n_batches
+            calls[name] += 1
+            return [(offset + first + i, stream[first + i]) for i in range(n_batches)]
 
-    def stats_pass(name: str):
-        def run():
-            acc = accs[name]
-            for i, t in next_batches(name):
-                acts = mlp_activations(model, t, hooks=("pre", "post"))
-                keep = kept_token_mask(t, rule).reshape(-1)
-                acc.update(acts["pre"].reshape(-1, N)[keep], acts["post"].reshape(-1, N)[keep], t.reshape(-1)[keep],
-                           (i * b * ctx + torch.arange(b * ctx, device=t.device))[keep])
-        return run
+        def forward():
+            with torch.no_grad():
+                for _, t in next_batches("forward"):
+                    model.bridge(t)
+
+        def activations():
+            for _, t in next_batches("activations"):
+                mlp_activations(model, t, hooks=("pre", "post"))
+
+        def stats_pass(name: str):
+            def run():
+                for i, t in next_batches(name):
+                    accs[name].update(*kept(t, i * b * ctx))
+            return run
+
+        times = timed({"forward": forward, "activations": activations, **{k: stats_pass(k) for k in versions}},
+                      device, args.repeats)
+        probe = kept(fresh_batch(), -1)[1]
+        changing = float((probe.amax(dim=0) > accs["stats"].top.values[-1]).float().mean())
+        return times, changing
 
     load_before = os.getloadavg()
-    t = timed({"forward": forward, "activations": activations, **{k: stats_pass(k) for k in versions}}, device,
-              args.repeats)
+    phases = {"cold": measure("cold")}  # the top-k still filling up: the pass's first batches
+    for _ in range(args.warmup):  # the same warm-up stream into every version's accumulators
+        batch = kept(fresh_batch(), served["batches"] * b * ctx)
+        served["batches"] += 1
+        for acc in accs.values():
+            acc.update(*batch)
+    phases["warm"] = measure("warm")
+    t, top_k_changing = phases["warm"]
     t_forward, t_acts = t["forward"], t["activations"]
+    stream = [fresh_batch()]
 
     # each accumulator alone, fresh, on one batch's kept activations
     acts = mlp_activations(model, stream[0], hooks=("pre", "post"))
@@ -231,7 +261,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     result = {
         "device": device_name(device), "torch": torch.__version__, "shape": shape, "n_neurons": N,
-        "tokens_per_measurement": n_tokens, "repeats": args.repeats,
+        "tokens_per_measurement": n_tokens, "repeats": args.repeats, "threads": torch.get_num_threads(),
+        "warmup_batches": args.warmup, "top_k_columns_changing_per_batch": round(top_k_changing, 3),
+        "cold": {"top_k_columns_changing_per_batch": round(phases["cold"][1], 3),
+                 **{f"{k}_over_forward": round(v / phases["cold"][0]["forward"], 3)
+                    for k, v in phases["cold"][0].items() if k != "forward"}},
         "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in load_after],
         "cpu_cores": os.cpu_count(),
         "forward_tok_per_s": round(n_tokens / t_forward), "activations_tok_per_s": round(n_tokens / t_acts),
@@ -263,19 +297,26 @@ def _markdown(r: dict) -> str:
         f"# Ingestion benchmark ({r['device']})", "",
         f"Model: random-init GPT-2, {s['n_layers']} layers × {s['d_mlp']} neurons, d_model {s['d_model']}, "
         f"vocab {s['vocab']}; batches of {s['batch']} × {s['ctx']} tokens, a fresh batch each time; "
-        f"{r['tokens_per_measurement']:,} tokens per measurement, median of {r['repeats']} interleaved rounds. "
-        f"Load average (1 min) before/after: {r['load_average_before'][0]} / {r['load_average_after'][0]} on "
-        f"{r['cpu_cores']} cores.", "",
+        f"{r['tokens_per_measurement']:,} tokens per measurement, median of {r['repeats']} interleaved rounds, "
+        f"{r['threads']} torch thread(s). Load average (1 min) before/after: {r['load_average_before'][0]} / "
+        f"{r['load_average_after'][0]} on {r['cpu_cores']} cores.", "",
+        f"Two phases of one long pass: **cold**, the first batches (every top-k still filling: "
+        f"{r['cold']['top_k_columns_changing_per_batch']:.0%} of the columns change per batch), and **steady**, "
+        f"after {r['warmup_batches']} more batches ({r['top_k_columns_changing_per_batch']:.0%} change per batch; "
+        f"in a real pass of millions of tokens, fewer still).", "",
         "| pass | tokens/s | × forward time |", "|---|---:|---:|",
         f"| bare forward (logits) | {r['forward_tok_per_s']:,} | 1.00 |",
         f"| MLP activations (pre + post) | {r['activations_tok_per_s']:,} | {r['activations_over_forward']:.2f} |",
-        f"| **stats pass** (activations + all accumulators) | {r['stats_pass_tok_per_s']:,} | "
+        f"| **stats pass**, steady (activations + all accumulators) | {r['stats_pass_tok_per_s']:,} | "
         f"**{r['stats_pass_over_forward']:.2f}** (goal ≤ {r['goal_stats_pass_over_forward']}) |",
+        f"| stats pass, cold | | {r['cold']['stats_over_forward']:.2f} |",
     ]
     if "baseline" in r:
         base = r["baseline"]
-        lines.append(f"| stats pass, accumulators as of {base['revision']} (same run) | {base['stats_pass_tok_per_s']:,} | "
-                     f"{base['stats_pass_over_forward']:.2f} |")
+        lines += [f"| stats pass, steady, accumulators as of {base['revision']} (same run, same batches) | "
+                  f"{base['stats_pass_tok_per_s']:,} | {base['stats_pass_over_forward']:.2f} |",
+                  f"| stats pass, cold, accumulators as of {base['revision']} | | "
+                  f"{r['cold']['stats_baseline_over_forward']:.2f} |"]
     lines += [
         "", "Accumulators alone, fresh, per batch, as a fraction of one batch's forward time: "
         + ", ".join(f"{k} {v:.2f}" for k, v in r["component_over_forward_per_batch"].items()) + ".", "",

@@ -69,8 +69,8 @@ class Moments:
         d2 = d * d
         s1 = d.sum(dim=0).to(F64)
         s2 = d2.sum(dim=0).to(F64)
-        s3 = (d2 * d).sum(dim=0).to(F64)
-        s4 = (d2 * d2).sum(dim=0).to(F64)
+        s3 = d.mul_(d2).sum(dim=0).to(F64)  # d becomes d³
+        s4 = d2.mul_(d2).sum(dim=0).to(F64)  # d2 becomes d⁴
         m = s1 / nb
         mean_b = shift.to(F64) + m
         m2_b = s2 - nb * m * m
@@ -177,7 +177,8 @@ class Histogram:
         e, nb = self.edges, self.n_bins
         if self.uniform:
             f = x.mul(self.inv_width).sub_(self.shift).floor_().clamp_(0, nb)  # the true bin b, or b + 1
-            f.add_(x < f.mul(self.width).add_(self.lo), alpha=-1)  # e_f by the float32 ops that made the edges
+            edge = f.mul(self.width).add_(self.lo)  # e_f by the float32 ops that made the edges
+            f.sub_(torch.lt(x, edge, out=edge))  # 1.0 where x < e_f: then the bin is f - 1
             flat = f.int().add_(self.offsets_1)
         else:
             bins = torch.bucketize(x, e, right=True) - 1  # e[i] <= x < e[i+1] → i
@@ -228,21 +229,25 @@ class TopK:
         n_changed = int(changed.sum())
         if n_changed == 0:
             return
+        # rank each changed column as a contiguous row (a strided column reads a cache line per value)
         if n_changed == self.n:
-            self.values, self.index = self._merge(x, token_index, self.values, self.index)
+            vals, idx = self._merge(x.T.contiguous(), token_index, self.values, self.index)
+            self.values, self.index = vals, idx
             return
         cols = changed.nonzero().squeeze(1)
-        vals, idx = self._merge(x[:, cols], token_index, self.values[:, cols], self.index[:, cols])
+        rows = x.T.contiguous().index_select(0, cols) if 4 * n_changed > self.n else x[:, cols].T.contiguous()
+        vals, idx = self._merge(rows, token_index, self.values[:, cols], self.index[:, cols])
         self.values[:, cols] = vals
         self.index[:, cols] = idx
 
-    def _merge(self, x, token_index, values, index):
-        kb = min(self.k, x.shape[0])
-        vals, rows = torch.topk(x, kb, dim=0)
-        all_vals = torch.cat([values, vals], dim=0)
-        all_idx = torch.cat([index, token_index[rows]], dim=0)
-        top, pick = torch.topk(all_vals, self.k, dim=0)
-        return top, torch.gather(all_idx, 0, pick)
+    def _merge(self, rows: torch.Tensor, token_index: torch.Tensor, values: torch.Tensor, index: torch.Tensor):
+        """``rows: [c, n_tokens]`` (one per column) merged with that column's ``values, index: [k, c]``."""
+        kb = min(self.k, rows.shape[1])
+        vals, pos = torch.topk(rows, kb, dim=1)
+        all_vals = torch.cat([values.T, vals], dim=1)
+        all_idx = torch.cat([index.T, token_index[pos]], dim=1)
+        top, pick = torch.topk(all_vals, self.k, dim=1)
+        return top.T.contiguous(), torch.gather(all_idx, 1, pick).T.contiguous()
 
     def state_dict(self) -> dict[str, Any]:
         return {"values": self.values, "index": self.index}
@@ -273,12 +278,8 @@ class TokenTable:
             return
         token_ids = token_ids.to(x.device)
         self.counts += torch.bincount(token_ids, minlength=self.d_vocab)
-        src = x.to(self.sums.dtype)
-        if x.device.type == "cpu":  # row-wise accumulation in token order, like index_add_, ~10× faster on the CPU
-            self.sums.index_put_((token_ids,), src, accumulate=True)
-        else:
-            self.sums.index_add_(0, token_ids, src)
-        with warnings.catch_warnings():
+        self.sums.index_add_(0, token_ids, x.to(self.sums.dtype))
+        with warnings.catch_warnings():  # row-wise max; a [n_tokens, n] index for scatter_reduce_ cost more
             warnings.filterwarnings("ignore", message="index_reduce", category=UserWarning)  # "in beta"
             self.maxs.index_reduce_(0, token_ids, x.float(), "amax", include_self=True)
 
@@ -400,7 +401,7 @@ class NeuronStatsAccumulator:
             return
         pre, post = pre.to(self.device), post.to(self.device)
         # column extremes once per batch, shared by the components that can use them
-        pre_min, pre_max = torch.aminmax(pre.float(), dim=0)
+        pre_min, pre_max = pre.amin(dim=0).float(), pre.amax(dim=0).float()  # (aminmax is slower on the CPU)
         post_max = post.amax(dim=0).float()
         self.moments.update(pre)
         self.histogram.update(pre, col_max=pre_max)
@@ -408,7 +409,8 @@ class NeuronStatsAccumulator:
         self.pre_max = torch.maximum(self.pre_max, pre_max)
         self.post_sum += post.sum(dim=0).to(F64)  # cascaded fp32 within the batch, float64 across
         self.post_max = torch.maximum(self.post_max, post_max)
-        self.fires += (post > 0).sum(dim=0)
+        firing = torch.gt(post, 0, out=torch.empty_like(post, dtype=torch.float32))  # 1.0 / 0.0: sums faster than bool
+        self.fires += firing.sum(dim=0).long()  # exact below 2**24 tokens a batch
         self.top.update(post, token_index, col_max=post_max)
         self.tokens.update(post, token_ids)
 
