@@ -205,3 +205,22 @@ def test_cli_correlate_runs_and_repeats_as_noop(cohort, db_url):
     assert bad.returncode != 0 and "no cohort named nope" in bad.stderr and "Traceback" not in bad.stderr
     with cohort["engine"].connect() as conn:
         assert conn.execute(sa.text("SELECT max(rank) FROM correlation_edge")).scalar() == 5
+
+
+def test_cohort_with_differing_shapes_is_refused_unless_asked(cohort):
+    from atlas.errors import AtlasError
+
+    engine = cohort["engine"]
+    with engine.begin() as conn:
+        tok, cohort_id = conn.execute(sa.text("SELECT tokenizer_id, id FROM cohort WHERE name = 'tiny'")).one()
+        conn.execute(sa.text(
+            "INSERT INTO model (name, source, architecture, cohort_id, seed_label, n_layers, d_model, d_mlp, n_heads, "
+            "d_head, n_ctx, d_vocab, act_fn, tokenizer_id) VALUES ('wide-one', '/nowhere', 'GPT2LMHeadModel', :c, 'z', "
+            "1, 32, 256, 4, 8, 32, 384, 'gelu_new', :t)"), {"c": cohort_id, "t": tok})
+    with pytest.raises(AtlasError, match="differ in shape") as err:
+        correlate(cohort)
+    assert "wide-one 1×256" in str(err.value) and "--allow-mixed-shapes" in str(err.value)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM run WHERE kind = 'correlation'")).scalar() == 0
+    with pytest.raises(AtlasError, match="no model checkpoint directory"):  # allowed: it gets as far as loading
+        correlate(cohort, allow_mixed_shapes=True)

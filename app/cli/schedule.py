@@ -56,6 +56,7 @@ def _logging(debug: bool) -> None:
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler.setFormatter(logging.Formatter(fmt) if debug else _OneLine(fmt))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # schema checks before every step
 
 
 @main.command()
@@ -96,6 +97,7 @@ def worker(ctx: click.Context, manifest: str | None, device: str | None, concurr
         os.environ["ATLAS_MANIFEST"] = str(click.format_filename(manifest))
     if device:
         os.environ["ATLAS_DEVICE"] = device
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # worker logs: one line per event, no bars
     name = name or f"{socket.gethostname()}:{os.getpid()}"
     _logging(ctx.obj.get("debug", False))
     mode = "until idle" if until_idle else "Ctrl-C to stop"
