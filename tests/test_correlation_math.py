@@ -1,4 +1,4 @@
-"""The streaming correlation engine (ingest/math/correlation.py) against float64 references and planted truth.
+"""The streaming correlation engine (ingest/math/correlation/) against float64 references and planted truth.
 
 Fast, no database: every expectation is either a float64 two-pass numpy computation on the same
 activations or a ground truth planted in synthetic activations.

@@ -8,14 +8,17 @@ import json
 import polars as pl
 import pytest
 
-from atlas.ingest.math.families import LabelThresholds, build_families, label_neurons, syntax_status, topic_match
+from atlas.ingest.math.families import build_families
+from atlas.ingest.math.labels import LabelThresholds, label_neurons, syntax_status, topic_match
 
 
 # ---------------------------------------------------------------- the planted model, end to end
 
 @pytest.fixture(scope="module")
 def planted_labels(tmp_path_factory):
-    from atlas.ingest.math.features import FeatureAccumulator, neuron_table, position_features, score_features, token_features
+    from atlas.ingest.math.activation_sums import FeatureAccumulator
+    from atlas.ingest.math.features import position_features, token_features
+    from atlas.ingest.math.variance_reduction import neuron_table, score_features
     from atlas.ingest.math.roles import attention_deactivation, bos_keys, entropy_effect, entropy_intervention, role_table
     from tests.planted_gpt2 import D_MLP, N_CTX, V, build_planted, layer_acts, load_bridge
 

@@ -9,10 +9,11 @@ import pytest
 import scipy.stats
 import torch
 
+from atlas.ingest.math.activation_sums import FeatureAccumulator
 from atlas.ingest.math.features import (
-    FeatureAccumulator, FeatureSet, bucket_edges, frequent_token_ids, neuron_table, position_features,
-    score_features, token_features, top_tokens,
+    FeatureSet, bucket_edges, frequent_token_ids, position_features, token_features,
 )
+from atlas.ingest.math.variance_reduction import neuron_table, score_features, top_tokens
 
 VOCAB = ["<|endoftext|>", " the", "the", " The", " NASA", " 1999", "1489", "2200", ",", " b", "running",
          " red", " green", " blue", "\n", " (", "ly", " unhappy", " 42", " x"]

@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 import torch
 
-from atlas.ingest.math.families import LabelThresholds
+from atlas.ingest.math.labels import LabelThresholds
 from atlas.ingest.math.roles import (
     attention_deactivation, bos_keys, entropy_candidates, entropy_effect, entropy_intervention, role_table,
     vocab_composition,

@@ -2,14 +2,14 @@
 
 ``classify(engine, dataset, cohort=... | models=[...])`` streams the dataset once through every
 model, accumulating per-token-id / per-previous-token-id / per-position sums of ``hook_post``
-(``atlas.ingest.math.features.FeatureAccumulator``, one per layer; moments of ``hook_pre`` for kurtosis),
+(``atlas.ingest.math.activation_sums.FeatureAccumulator``, one per layer; moments of ``hook_pre`` for kurtosis),
 then per model:
 
 - scores every token feature on the current and the previous token and every position feature
   (variance reduction) and keeps each neuron's best ``top_k_features``;
 - computes the weight roles (vocabulary composition, entropy candidates, BOS-attention scores) on
   the processed weights, and runs the entropy intervention for the candidates;
-- labels the neurons (``atlas.ingest.math.families.label_neurons``).
+- labels the neurons (``atlas.ingest.math.labels.label_neurons``).
 
 Then it groups labelled neurons into families: within each model, and across seeds through the
 partner edges of the cohort's finished correlation runs on the same dataset (when there are any).
@@ -33,10 +33,11 @@ import torch
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
-from atlas.ingest.math.families import LabelThresholds, build_families, label_neurons, syntax_status
-from atlas.ingest.math.features import (
-    FeatureAccumulator, frequent_token_ids, neuron_table, position_features, score_features, token_features,
-)
+from atlas.ingest.math.activation_sums import FeatureAccumulator
+from atlas.ingest.math.families import build_families
+from atlas.ingest.math.features import frequent_token_ids, position_features, token_features
+from atlas.ingest.math.labels import LabelThresholds, label_neurons, syntax_status
+from atlas.ingest.math.variance_reduction import neuron_table, score_features
 from atlas.ingest.math.roles import attention_deactivation, bos_keys, entropy_effect, entropy_intervention, role_table
 
 
