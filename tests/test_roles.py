@@ -3,6 +3,7 @@ numpy/scipy computations, and on a GPT-2 whose weights plant each role in a know
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -166,3 +167,81 @@ def test_entropy_intervention_confirms_only_the_entropy_neuron(planted):
     other = entropy_effect(entropy_intervention(bridge, p.tokens[:16], 1, 7, values, keep=p.keep[:16]),
                            min_relative_change=t.entropy_min_relative_change)
     assert not other["confirmed"]
+
+
+# ---------------------------------------------------------------- the paper's definitions (issue 10)
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def test_attention_scores_rank_by_raw_effect_and_keep_the_sign():
+    """Paper: score = ŵ_outᵀ W_Q k_BOS / sqrt(d_head), the raw effect (not a cosine), neurons ranked
+    by |score| with the sign kept: positive switches the head off (deactivation), negative on."""
+    from atlas.ingest.math.labels import label_neurons
+
+    rng = np.random.default_rng(5)
+    L, N, H, d_model, d_head = 3, 4, 2, 64, 8
+    W_Q = rng.normal(size=(L, H, d_model, d_head))
+    k_bos = rng.normal(size=(L, H, d_head))
+    qdir = np.einsum("lhdk,lhk->lhd", W_Q, k_bos) / np.sqrt(d_head)
+    for (hl, h), norm in {(1, 0): 10.0, (1, 1): 1.0, (2, 0): 3.0, (2, 1): 3.0}.items():
+        W_Q[hl, h] *= norm / np.linalg.norm(qdir[hl, h])
+    qdir = np.einsum("lhdk,lhk->lhd", W_Q, k_bos) / np.sqrt(d_head)
+    W_out = rng.normal(size=(L, N, d_model))
+    W_out[0, 0] = -_unit(qdir[2, 1]) + 0.01 * rng.normal(size=d_model)  # pulls head L2H1 off BOS
+    W_out[0, 1] = _unit(qdir[1, 0])  # pushes head L1H0 onto BOS
+    W_out[0, 2] = _unit(qdir[1, 0]) * 0.7 + _unit(qdir[1, 1]) * 0.75  # most cosine on L1H1, most effect on L1H0
+    res = attention_deactivation(torch.from_numpy(W_out), torch.from_numpy(W_Q), torch.from_numpy(k_bos), n_random=2000)
+    best = res.best()
+    for n in range(N):
+        w = _unit(W_out[0, n])
+        raw = {(hl, h): float(w @ qdir[hl, h]) for hl in (1, 2) for h in range(H)}
+        head = max(raw, key=lambda k: abs(raw[k]))
+        assert (best["head_layer"][0, n].item(), best["head"][0, n].item()) == head
+        assert best["score"][0, n].item() == pytest.approx(raw[head], rel=1e-9)
+    w2 = _unit(W_out[0, 2])
+    cos = {k: float(w2 @ _unit(qdir[k])) for k in ((1, 0), (1, 1))}
+    assert cos[(1, 1)] > cos[(1, 0)]  # a cosine ranking would pick the other head
+
+    W_U = rng.normal(size=(d_model, 30))
+    table = role_table(torch.from_numpy(W_out), torch.from_numpy(W_U), [str(i) for i in range(30)],
+                       W_in=torch.from_numpy(rng.normal(size=(L, d_model, N))), attention=res)
+    labels = label_neurons(table.with_columns(pl.lit(1).alias("model_id"), pl.lit(1.0).alias("kurtosis")))
+    att = {r["idx"]: r for r in labels.filter((pl.col("layer") == 0) & pl.col("label").str.starts_with("attention"))
+           .iter_rows(named=True)}
+    assert att[0]["label"] == "attention_activation" and att[0]["family_key"] == "L2H1"
+    assert json.loads(att[0]["evidence"])["sign"] == -1 and json.loads(att[0]["evidence"])["score"] < 0
+    assert att[1]["label"] == "attention_deactivation" and att[1]["family_key"] == "L1H0"
+    assert att[2]["family_key"] == "L1H0"
+    assert 3 not in att
+
+
+def test_entropy_candidates_use_the_papers_weight_filters():
+    """Paper: last-layer neurons with a large weight-decay penalty ‖w_in‖² + ‖w_out‖², tiny
+    vocabulary variance, vocab kurtosis ≤ 10 and activation kurtosis ≤ 10 (then the intervention)."""
+    from atlas.ingest.math.labels import LabelThresholds
+    from atlas.ingest.math.roles import mark_entropy_candidates
+
+    rng = np.random.default_rng(2)
+    L, N, d_model, d_vocab = 2, 12, 32, 200
+    W_U = np.zeros((d_model, d_vocab))
+    W_U[:30] = rng.normal(size=(30, d_vocab))  # dimension 31 is read by no token, 30 by token 7 alone
+    W_U[:, 7] = 0.0
+    W_U[30, 7] = 5.0
+    null = np.eye(d_model)[31]
+    W_in = rng.normal(size=(L, d_model, N)) / np.sqrt(d_model)
+    W_out = rng.normal(size=(L, N, d_model)) / np.sqrt(d_model)
+    W_in[1, :, 0] *= 4.0  # large input norm, ordinary output norm, writes the null direction
+    W_out[1, 0] = null * np.linalg.norm(W_out[1, 1])
+    W_out[1, 1] = null * 4.0  # large output norm along the null direction: the classic case
+    W_out[1, 2] = null * 4.0 + np.eye(d_model)[30] * 0.3  # also boosts token 7 alone: vocab kurtosis ≫ 10
+    W_out[1, 3] = null * 4.0  # like 1, but its activation is heavy-tailed (kurtosis 40)
+    table = role_table(torch.from_numpy(W_out), torch.from_numpy(W_U), [str(i) for i in range(d_vocab)],
+                       W_in=torch.from_numpy(W_in))
+    row = table.filter((pl.col("layer") == 1) & (pl.col("idx") == 0)).row(0, named=True)
+    assert row["l2_penalty"] == pytest.approx(np.linalg.norm(W_in[1, :, 0]) ** 2 + np.linalg.norm(W_out[1, 0]) ** 2)
+    kurt = [40.0 if (l, i) == (1, 3) else 3.0 for l in range(L) for i in range(N)]
+    marked = mark_entropy_candidates(table.with_columns(pl.Series("kurtosis", kurt)), LabelThresholds(), n_layers=L)
+    cands = {(r["layer"], r["idx"]) for r in marked.filter(pl.col("entropy_candidate")).iter_rows(named=True)}
+    assert cands == {(1, 0), (1, 1)}
