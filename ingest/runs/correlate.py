@@ -46,7 +46,7 @@ from atlas.ingest.math.correlation import (
 from atlas.ingest.models import check_same_tokenizer, load_model, resolve_device
 from atlas.ingest.store import get_dataset
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: reference within-layer moments, fp16 rescale counts
 DEFAULT_CHECKPOINT_TOKENS = 20_000_000
 
 
@@ -182,9 +182,11 @@ def correlate_cohort(
         if state is None:
             ckpt_path.unlink(missing_ok=True)
             plan, rows_per_batch = _plan(device, n_ref, partner_shapes, info.context_length, rows_per_batch,
-                                         adapt=batch_size is None, budget_bytes=budget_bytes, block_size=block_size)
+                                         adapt=batch_size is None, budget_bytes=budget_bytes, block_size=block_size,
+                                         ref_d_mlp=ref.d_mlp)
             state = {"blocks": [list(b) for b in plan.blocks], "buffered": plan.buffered, "block": 0,
-                     "next_row": 0, "tokens_done": 0, "acc": None, "results": [], "batch_rows": rows_per_batch}
+                     "next_row": 0, "tokens_done": 0, "acc": None, "results": [], "batch_rows": rows_per_batch,
+                     "fp16_rescaled_batches": 0, "fp16_fallback_batches": 0}
         elif batch_size is None:
             rows_per_batch = int(state.get("batch_rows", rows_per_batch))
         blocks = [tuple(b) for b in state["blocks"]]
@@ -229,6 +231,8 @@ def correlate_cohort(
                     if on_batch is not None:
                         on_batch(state["tokens_done"])
                 results.append(acc.finalize(top_k))
+                state["fp16_rescaled_batches"] += acc.n_rescaled_batches
+                state["fp16_fallback_batches"] += acc.n_overflow_batches
                 acc = None
                 state["next_row"] = 0
                 if b + 1 < len(blocks):  # a finished block is never streamed again
@@ -242,6 +246,12 @@ def correlate_cohort(
             "precision": used_precision,
             "device": device, "blocks": len(blocks), "buffered": state["buffered"],
             "n_tokens": result.n_tokens, "batch_rows": rows_per_batch, "top_k_stored": result.top_k,
+            # batches whose fp16 overflow re-estimated some neurons' scales / that went in as bf16
+            "fp16_rescaled_batches": state["fp16_rescaled_batches"],
+            "fp16_fallback_batches": state["fp16_fallback_batches"],
+            "partner_baseline": ("max correlation with the reference's layers rotated at random"
+                                 if result.partner_baseline_computed else
+                                 "not computed: a reference layer did not fit the device in one block (NULL)"),
         }}
         run.progress(state["tokens_done"], tokens_total)
         run.publish(_writer(run.id, frames, provenance))
@@ -254,7 +264,7 @@ def correlate_cohort(
 # ---------------------------------------------------------------- helpers
 
 def _plan(device: str, n_ref: int, partner_shapes: list[tuple[int, int]], context_length: int, rows: int, *,
-          adapt: bool, budget_bytes: int | None, block_size: int | None):
+          adapt: bool, budget_bytes: int | None, block_size: int | None, ref_d_mlp: int | None = None):
     """Reference blocks for the device's memory, and the batch rows to stream with.
 
     A smaller batch leaves more memory to the accumulators: when the default batch would force an
@@ -266,7 +276,7 @@ def _plan(device: str, n_ref: int, partner_shapes: list[tuple[int, int]], contex
             reserve = batch_workspace_bytes(r * context_length, n_ref, [l * d for l, d in partner_shapes], in_bytes=4,
                                             store_bytes=2 if device.startswith("cuda") else 4) + (2 << 30)
             budget = default_budget_bytes(device, reserve_bytes=reserve)
-        return plan_ref_blocks(n_ref, partner_shapes, budget_bytes=budget, max_block=block_size)
+        return plan_ref_blocks(n_ref, partner_shapes, budget_bytes=budget, max_block=block_size, layer_size=ref_d_mlp)
 
     best = plan_for(rows)
     if adapt:
@@ -331,6 +341,7 @@ def _save_checkpoint(path: Path, key: str, state: dict[str, Any], acc: CohortCor
         "version": CHECKPOINT_VERSION, "key": key, "blocks": state["blocks"], "buffered": state["buffered"],
         "block": block, "next_row": state["next_row"], "tokens_done": state["tokens_done"],
         "batch_rows": state.get("batch_rows"),
+        "fp16_rescaled_batches": state["fp16_rescaled_batches"], "fp16_fallback_batches": state["fp16_fallback_batches"],
         "acc": acc.state_dict() if acc is not None else None,
         "results": [_result_to_state(r) for r in results],
     }

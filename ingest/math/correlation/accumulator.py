@@ -9,12 +9,19 @@ receives ``ref_acts: [n_tokens, N_a]`` and ``partner_acts[m]: [n_tokens, N_m]`` 
 - the cross moment ``P_m = Σ y_a y_mᵀ`` (``[n_ref, N_m]``) for every partner: one GEMM per batch for
   all partners together (their columns are concatenated),
 - the within-layer second moment ``C_m = Σ y_m,l y_m,lᵀ`` (``[L, d_mlp, d_mlp]``) of every partner,
-  which is all the random-rotation baseline needs: ``Σ y_a (R y_m)ᵀ = P Rᵀ``, ``Σ R y_m = R S``,
-  ``Σ (R y_m)² = diag(R C Rᵀ)``, so the baseline costs no second pass over the data.
+  which is all the reference side's random-rotation baseline needs: ``Σ y_a (R y_m)ᵀ = P Rᵀ``,
+  ``Σ R y_m = R S``, ``Σ (R y_m)² = diag(R C Rᵀ)``, so the baseline costs no second pass;
+- the same within-layer moment ``C_a`` of the reference's layers (when the block is whole layers):
+  the partner side's baseline rotates the REFERENCE's layers, ``Σ (R y_a) y_mᵀ = R P``.
 
 Numerics. ``y = v − μ`` is the activation shifted by a per-neuron mean ``μ`` estimated on the first
 (warm-up) batch, so the one-pass formula does not cancel catastrophically when ``|mean| ≫ std``.
-The shift happens in float32 *before* any rounding to bf16/fp16. GEMMs write float32 partial sums
+The shift happens in float32 *before* any rounding to bf16/fp16, and a power-of-two scale
+``s ≈ 1/std`` (also from the warm-up batch) keeps half-precision inputs in range. A neuron that was
+quiet in the warm-up batch and fires later would overflow fp16 (max 65504): the accumulator then
+re-estimates that neuron's scale from the batch and rescales what it has accumulated (exact:
+powers of two), so the batch still goes in as fp16; only non-finite activations fall back to
+bf16 (``n_overflow_batches``; ``n_rescaled_batches`` counts the re-estimates). GEMMs write float32 partial sums
 that are flushed into float64 totals every ``flush_every`` batches ("buffered"), or straight after
 each batch through a small row-chunked scratch buffer ("direct": 8 instead of 12 bytes per
 accumulator element, for cohorts that would not fit otherwise). Pearson's rho is invariant to the
@@ -44,8 +51,9 @@ from atlas.ingest.math.correlation.rotation import ROTATION_KINDS, Shape
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_FP16_SAFE = 6.0e4  # |y| above this would overflow fp16 (max 65504): that batch goes in as bf16
-STATE_VERSION = 1
+_FP16_SAFE = 6.0e4  # |y| above this would overflow fp16 (max 65504)
+_FP16_RESCALED_PEAK = 2.0**11  # a re-estimated scale puts the batch's peak |y| here: room for 32× more
+STATE_VERSION = 2
 
 
 class CohortCorrelation:
@@ -59,10 +67,13 @@ class CohortCorrelation:
     round the inputs and multiply in float32: the same arithmetic, for checking accuracy. Rounding
     the (standardised) inputs adds a random error to rho of about 0.002/sqrt(n) for fp16 and
     0.013/sqrt(n) for bf16 over n tokens (measured), so fp16 meets the 1e-4 target from a few
-    thousand tokens, bf16 from ~50k; an fp16 batch with an outlier beyond its range goes in as bf16.
+    thousand tokens, bf16 from ~50k. An fp16 batch with an outlier beyond its range re-estimates
+    the scale of the neurons concerned (see the module doc); non-finite input goes in as bf16.
     ``flush_every``: batches between flushes of float32 partial sums into ``total_dtype`` totals.
     ``buffered=False``: no persistent float32 partial buffer for the cross moment (see module doc).
     ``rotation``/``rotation_seed``: the baseline's rotations (``build_rotation``), recorded in results.
+    The partner-side baseline needs whole reference layers: a ``ref_slice`` that cuts a layer
+    leaves it undefined (NaN, never a different number); ``ref_layers`` says which layers a block has.
     ``min_std``: a neuron whose standard deviation is at most this is dead (NaN correlations).
     """
 
@@ -115,7 +126,8 @@ class CohortCorrelation:
         self.n_batches = 0
         self._since_flush = 0
         self._partial_empty = True
-        self.n_overflow_batches = 0
+        self.n_overflow_batches = 0  # batches that went in as bf16 (non-finite activations)
+        self.n_rescaled_batches = 0  # batches whose fp16 overflow re-estimated some neurons' scales
         self.mu_ref: torch.Tensor | None = None  # warm-up shift and power-of-two scale, float32;
         self.mu_partner: torch.Tensor | None = None  # partners concatenated
         self.inv_scale_ref: torch.Tensor | None = None
@@ -127,6 +139,12 @@ class CohortCorrelation:
         self.P_partial = torch.zeros(n_ref, n_part, dtype=torch.float32, device=dev) if self.buffered else None
         self.C_total = [torch.zeros(l, d, d, dtype=total_dtype, device=dev) for l, d in self.partner_shapes]
         self.C_partial = [torch.zeros(l, d, d, dtype=torch.float32, device=dev) for l, d in self.partner_shapes]
+        d_ref = self.ref_shape[1]
+        whole = start % d_ref == 0 and stop % d_ref == 0
+        self.ref_layers: tuple[int, ...] | None = tuple(range(start // d_ref, stop // d_ref)) if whole else None
+        n_rl = len(self.ref_layers) if whole else 0
+        self.C_ref_total = torch.zeros(n_rl, d_ref, d_ref, dtype=total_dtype, device=dev)
+        self.C_ref_partial = torch.zeros(n_rl, d_ref, d_ref, dtype=torch.float32, device=dev)
 
     # ------------------------------------------------------------------ properties
 
@@ -165,9 +183,13 @@ class CohortCorrelation:
             self._warm_up(ref, parts)
         half = _HALF.get(self.precision)
         y_ref, y_part, peak = self._standardize(ref, parts, half)
-        if peak is not None and peak.item() >= _FP16_SAFE:  # an outlier beyond fp16's range
-            self.n_overflow_batches += 1
-            y_ref, y_part, _ = self._standardize(ref, parts, torch.bfloat16)
+        if peak is not None and not peak.item() < _FP16_SAFE:  # beyond fp16's range
+            if self._rescale(ref, parts):
+                self.n_rescaled_batches += 1
+                y_ref, y_part, peak = self._standardize(ref, parts, half)
+            if not peak.item() < _FP16_SAFE:  # non-finite input: no scale helps
+                self.n_overflow_batches += 1
+                y_ref, y_part, _ = self._standardize(ref, parts, torch.bfloat16)
         del ref, parts
 
         # per-batch float32 sums (pairwise summation inside torch), added into float64 totals
@@ -181,7 +203,7 @@ class CohortCorrelation:
             self._gemm_mode = choose_gemm_mode(self.device, self._store_dtype, self._native_half)
         with matmul_precision(self.device, self._gemm_mode, self.precision):
             self._accumulate_cross(y_ref, y_part)
-            self._accumulate_within(y_part)
+            self._accumulate_within(y_ref, y_part)
         self.n += n_tok
         self.n_batches += 1
         self._since_flush += 1
@@ -206,6 +228,36 @@ class CohortCorrelation:
         self.mu_ref, self.inv_scale_ref = shift_scale(ref)
         mus, invs = zip(*(shift_scale(p) for p in parts))
         self.mu_partner, self.inv_scale_partner = torch.cat(mus), torch.cat(invs)
+
+    def _rescale(self, ref: torch.Tensor, parts: Sequence[torch.Tensor]) -> bool:
+        """Re-estimate the scale of every neuron whose |y| in this batch would overflow fp16, so its
+        peak becomes ``_FP16_RESCALED_PEAK``, and rescale what was accumulated for it by the same
+        power of two (exact). Returns whether any scale changed."""
+        def factors(acts: torch.Tensor, mu: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+            peak = ((acts.to(torch.float32) - mu) * inv).abs().amax(0).double()  # [N]
+            over = torch.isfinite(peak) & (peak >= _FP16_SAFE)
+            shrink = torch.exp2(-torch.ceil(torch.log2(torch.where(over, peak, 1.0) / _FP16_RESCALED_PEAK)))
+            return torch.where(over, shrink, torch.ones_like(shrink))
+
+        f_ref = factors(ref, self.mu_ref, self.inv_scale_ref)
+        f_part = torch.cat([factors(acts, self.mu_partner[lo:hi], self.inv_scale_partner[lo:hi])
+                            for acts, lo, hi in zip(parts, self.partner_offsets, self.partner_offsets[1:])])
+        if not ((f_ref < 1).any() or (f_part < 1).any()):
+            return False
+        self.flush()  # partial sums empty: only the float64 totals need rescaling
+        self.inv_scale_ref *= f_ref.float()
+        self.inv_scale_partner *= f_part.float()
+        self.S_ref *= f_ref
+        self.Q_ref *= f_ref.square()
+        self.S_partner *= f_part
+        self.P_total.mul_(f_ref.to(self.total_dtype)[:, None]).mul_(f_part.to(self.total_dtype)[None, :])  # in place
+        for m, (n_layers, d_mlp) in enumerate(self.partner_shapes):
+            f = f_part[self.partner_offsets[m]:self.partner_offsets[m + 1]].view(n_layers, d_mlp).to(self.total_dtype)
+            self.C_total[m].mul_(f[:, :, None]).mul_(f[:, None, :])
+        if self.ref_layers is not None:
+            f = f_ref.view(len(self.ref_layers), self.ref_shape[1]).to(self.total_dtype)
+            self.C_ref_total.mul_(f[:, :, None]).mul_(f[:, None, :])
+        return True
 
     def _standardize(self, ref: torch.Tensor, parts: Sequence[torch.Tensor], half: torch.dtype | None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -250,12 +302,15 @@ class CohortCorrelation:
             gemm_into(self._gemm_mode, buf, y_ref[:, r0:r1].T, y_part, accumulate=False)
             self.P_total[r0:r1] += buf
 
-    def _accumulate_within(self, y_part: torch.Tensor) -> None:
+    def _accumulate_within(self, y_ref: torch.Tensor, y_part: torch.Tensor) -> None:
         n_tok = y_part.shape[0]
         for m, (n_layers, d_mlp) in enumerate(self.partner_shapes):
             lo, hi = self.partner_offsets[m], self.partner_offsets[m + 1]
             x = y_part[:, lo:hi].view(n_tok, n_layers, d_mlp).transpose(0, 1)  # [L, T, d]
             gemm_into(self._gemm_mode, self.C_partial[m], x.transpose(1, 2), x, accumulate=not self._partial_empty)
+        if self.ref_layers is not None:
+            x = y_ref.view(n_tok, len(self.ref_layers), self.ref_shape[1]).transpose(0, 1)
+            gemm_into(self._gemm_mode, self.C_ref_partial, x.transpose(1, 2), x, accumulate=not self._partial_empty)
 
     @torch.no_grad()
     def flush(self) -> None:
@@ -265,6 +320,7 @@ class CohortCorrelation:
                 self.P_total.add_(self.P_partial)
             for total, part in zip(self.C_total, self.C_partial):
                 total.add_(part)
+            self.C_ref_total.add_(self.C_ref_partial)
         self._partial_empty = True
         self._since_flush = 0
 
@@ -292,9 +348,9 @@ class CohortCorrelation:
             "mu_partner": self.mu_partner if self.mu_partner is not None else torch.zeros(0),
             "inv_scale_ref": self.inv_scale_ref if self.inv_scale_ref is not None else torch.zeros(0),
             "inv_scale_partner": self.inv_scale_partner if self.inv_scale_partner is not None else torch.zeros(0),
-            "n_overflow_batches": self.n_overflow_batches,
+            "n_overflow_batches": self.n_overflow_batches, "n_rescaled_batches": self.n_rescaled_batches,
             "S_ref": self.S_ref, "Q_ref": self.Q_ref, "S_partner": self.S_partner,
-            "P_total": self.P_total,
+            "P_total": self.P_total, "C_ref_total": self.C_ref_total,
         })
         for m, c in enumerate(self.C_total):
             state[f"C_total.{m}"] = c
@@ -319,8 +375,9 @@ class CohortCorrelation:
             self.inv_scale_partner = state["inv_scale_partner"].to(self.device, torch.float32).clone()
         else:
             self.mu_ref = self.mu_partner = self.inv_scale_ref = self.inv_scale_partner = None
-        self.n_overflow_batches = int(state.get("n_overflow_batches", 0))
-        for name in ("S_ref", "Q_ref", "S_partner", "P_total"):
+        self.n_overflow_batches = int(state["n_overflow_batches"])
+        self.n_rescaled_batches = int(state["n_rescaled_batches"])
+        for name in ("S_ref", "Q_ref", "S_partner", "P_total", "C_ref_total"):
             getattr(self, name).copy_(state[name])
         for m, c in enumerate(self.C_total):
             c.copy_(state[f"C_total.{m}"])

@@ -1,6 +1,6 @@
 """From accumulated moments to per-neuron results (method.md §2): rho against every partner
-neuron, the rotated baseline, and their per-neuron reductions (best partner, baseline, top-k,
-column maxima for the partner side).
+neuron, the rotated baselines, and their per-neuron reductions (best partner, baseline, top-k;
+for the partner side, column maxima and the baseline against the rotated reference layers).
 
 The accumulated moments are of y = (v − μ)·s. Pearson's rho needs no unscaling; the rotation acts
 on a model's activations in their own units, so its covariances are unscaled (÷ s).
@@ -78,6 +78,46 @@ def rho_chunk(acc: CohortCorrelation, m: int, r0: int, r1: int, ref_mean: torch.
     return rho, rho_rot
 
 
+def reference_rotation_moments(acc: CohortCorrelation) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The reference layers of this block rotated (``build_rotation(..., reference=True)``):
+    ``R: [L_block, d, d]`` and the inverse std (activation units) of the rotated reference
+    directions ``[L_block, d]``; None when the block is not whole layers."""
+    if acc.ref_layers is None:
+        return None
+    n, d = float(acc.n), acc.ref_shape[1]
+    n_l = len(acc.ref_layers)
+    mean = (acc.S_ref / n).view(n_l, d)
+    unit = (1.0 / acc.inv_scale_ref.to(torch.float64)).view(n_l, d)
+    cov = acc.C_ref_total.to(torch.float64) / n - mean.unsqueeze(2) * mean.unsqueeze(1)
+    cov = cov * unit.unsqueeze(2) * unit.unsqueeze(1)  # activation units
+    rot = build_rotation(acc.rotation_seed, acc.rotation, 0, acc.ref_shape, acc.device, reference=True,
+                         layers=acc.ref_layers)
+    var_rot = ((rot @ cov) * rot).sum(-1)  # diag(R Cov Rᵀ) per layer
+    return rot, inv_std(acc, var_rot)
+
+
+def partner_baseline(acc: CohortCorrelation, m: int, ref_mean: torch.Tensor, mom: dict[str, torch.Tensor],
+                     ref_rot: tuple[torch.Tensor, torch.Tensor], workspace_bytes: int | None) -> torch.Tensor:
+    """Partner m's neurons: their best correlation with a rotated reference direction of this
+    block's layers, ``max_{l,k} corr((R_l v_a,l)_k, v_m,j)`` with ``cov(R_l v_a,l, v_m) = R_l cov(v_a,l, v_m)``:
+    ``[N_m] float64`` on the device (−inf where undefined)."""
+    rot, rot_inv = ref_rot
+    n, d = float(acc.n), acc.ref_shape[1]
+    lo, hi = acc.partner_offsets[m], acc.partner_offsets[m + 1]
+    unit_ref = 1.0 / acc.inv_scale_ref.to(torch.float64)
+    best = torch.full((hi - lo,), -math.inf, dtype=torch.float64, device=acc.device)
+    cols = _chunk_rows(acc, d, workspace_bytes)  # columns per chunk for [d, cols] temporaries
+    for i in range(len(acc.ref_layers)):
+        r0, r1 = i * d, (i + 1) * d
+        for c0 in range(0, hi - lo, cols):
+            c1 = min(c0 + cols, hi - lo)
+            cov = acc.P_total[r0:r1, lo + c0:lo + c1].to(torch.float64) / n - ref_mean[r0:r1, None] * mom["mean"][None, c0:c1]
+            cov = cov * unit_ref[r0:r1, None]  # reference side in activation units
+            rho = (rot[i] @ cov) * rot_inv[i][:, None] * mom["inv_std"][None, c0:c1]
+            best[c0:c1] = torch.maximum(best[c0:c1], torch.nan_to_num(rho, nan=-math.inf).amax(0))
+    return best
+
+
 @torch.no_grad()
 def correlation_matrix(acc: CohortCorrelation, partner: int, *, rotated: bool = False) -> torch.Tensor:
     """The full ``[n_ref, N_m] float64`` rho matrix against one partner (or its rotated
@@ -120,13 +160,13 @@ def finalize(acc: CohortCorrelation, top_k: int = 10, *, workspace_bytes: int | 
     topk_idx = torch.full((M, n_ref, k), -1, dtype=torch.int64)
     p_best, p_idx, p_base, p_dead = [], [], [], []
     ninf = torch.tensor(-math.inf, dtype=torch.float64, device=acc.device)
+    ref_rot = reference_rotation_moments(acc)
     for m in range(M):
         mom = partner_moments(acc, m)
         rot, rot_inv = rotation_moments(acc, m, mom["cov"])
         n_cols = acc.partner_sizes[m]
         col_best = torch.full((n_cols,), -math.inf, dtype=torch.float64, device=acc.device)
         col_idx = torch.full((n_cols,), -1, dtype=torch.int64, device=acc.device)
-        col_base = torch.full((n_cols,), -math.inf, dtype=torch.float64, device=acc.device)
         rows = _chunk_rows(acc, n_cols, workspace_bytes)
         for r0 in range(0, n_ref, rows):
             r1 = min(r0 + rows, n_ref)
@@ -147,12 +187,15 @@ def finalize(acc: CohortCorrelation, top_k: int = 10, *, workspace_bytes: int | 
             better = cvals > col_best
             col_best = torch.where(better, cvals, col_best)
             col_idx = torch.where(better, cidx + r0 + acc.ref_start, col_idx)
-            col_base = torch.maximum(col_base, rho_rot.amax(0))
             del rho, rho_rot
         cnone = torch.isneginf(col_best)
         p_best.append(col_best.masked_fill(cnone, nan).float().cpu())
         p_idx.append(col_idx.masked_fill(cnone, -1).cpu())
-        p_base.append(col_base.masked_fill(torch.isneginf(col_base), nan).float().cpu())
+        if ref_rot is None:  # the block cuts a reference layer: no baseline rather than a wrong one
+            p_base.append(torch.full((n_cols,), nan, dtype=torch.float32))
+        else:
+            col_base = partner_baseline(acc, m, ref_mean, mom, ref_rot, workspace_bytes)
+            p_base.append(col_base.masked_fill(torch.isneginf(col_base), nan).float().cpu())
         p_dead.append(torch.isnan(mom["inv_std"]).cpu())
         del mom, rot, rot_inv
     agg = aggregate_over_partners(best_rho, baseline)
@@ -162,5 +205,5 @@ def finalize(acc: CohortCorrelation, top_k: int = 10, *, workspace_bytes: int | 
         rotation_seed=acc.rotation_seed, top_k=k, best_rho=best_rho, best_idx=best_idx,
         baseline_rho=baseline, topk_rho=topk_rho, topk_idx=topk_idx, **agg,
         ref_dead=ref_dead.cpu(), partner_best_rho=p_best, partner_best_idx=p_idx,
-        partner_baseline_rho=p_base, partner_dead=p_dead,
+        partner_baseline_rho=p_base, partner_dead=p_dead, partner_baseline_computed=ref_rot is not None,
     )

@@ -25,9 +25,12 @@ class CorrelationResult:
       ``topk_rho: [M, n, k] float32`` (descending), ``topk_idx: [M, n, k] int64`` (−1 pads);
       ``max_corr, mean_corr, min_corr, mean_baseline, excess: [n] float32`` (over partners);
       ``ref_dead: [n] bool``.
-    Partner side (column maxima over this result's reference neurons), one entry per partner:
-      ``partner_best_rho[m], partner_baseline_rho[m]: [N_m] float32``,
-      ``partner_best_idx[m]: [N_m] int64`` (flat reference index, −1 if none), ``partner_dead[m]: [N_m] bool``.
+    Partner side, one entry per partner: ``partner_best_rho[m]: [N_m] float32`` (column maxima over
+      this result's reference neurons), ``partner_best_idx[m]: [N_m] int64`` (flat reference index,
+      −1 if none), ``partner_dead[m]: [N_m] bool``, and ``partner_baseline_rho[m]: [N_m] float32``:
+      the best correlation of partner neuron j with a randomly rotated direction of the REFERENCE's
+      layers (method.md §2). ``partner_baseline_computed`` is False when a block cut a reference
+      layer: then that baseline is NaN (stored NULL), never a different quantity.
     NaN marks undefined values (dead neurons); they are stored as NULL.
     """
 
@@ -54,6 +57,7 @@ class CorrelationResult:
     partner_best_idx: list[torch.Tensor]
     partner_baseline_rho: list[torch.Tensor]
     partner_dead: list[torch.Tensor]
+    partner_baseline_computed: bool = True
 
     @property
     def n_partners(self) -> int:
@@ -84,7 +88,9 @@ def aggregate_over_partners(best: torch.Tensor, baseline: torch.Tensor) -> dict[
 def combine_blocks(results: Sequence[CorrelationResult]) -> CorrelationResult:
     """Merge the results of reference-neuron blocks of one cohort into one result.
 
-    Reference-side rows are concatenated; partner-side column maxima are the max over blocks.
+    Reference-side rows are concatenated; partner-side column maxima (and baselines: the max over
+    the rotated reference layers) are the max over blocks; a partner-side baseline missing from
+    any block (a block that cut a layer) is missing from the whole.
     """
     if not results:
         raise ValueError("no blocks to combine")
@@ -99,6 +105,7 @@ def combine_blocks(results: Sequence[CorrelationResult]) -> CorrelationResult:
             raise ValueError("blocks come from different runs (tokens, partners, rotation or top_k differ)")
     if len(parts) == 1:
         return first
+    computed = all(r.partner_baseline_computed for r in parts)
     cat = {name: torch.cat([getattr(r, name) for r in parts], dim=-1)
            for name in ("max_corr", "mean_corr", "min_corr", "mean_baseline", "excess", "ref_dead")}
     for name in ("best_rho", "best_idx", "baseline_rho"):
@@ -113,9 +120,11 @@ def combine_blocks(results: Sequence[CorrelationResult]) -> CorrelationResult:
         idx = idx_stack.gather(0, which.clamp(min=0).unsqueeze(0)).squeeze(0).masked_fill(which < 0, -1)
         best_rho.append(vals)
         best_idx.append(idx)
-        baseline.append(_masked_max(torch.stack([r.partner_baseline_rho[m] for r in parts]), 0)[0])
+        base = _masked_max(torch.stack([r.partner_baseline_rho[m] for r in parts]), 0)[0]
+        baseline.append(base if computed else torch.full_like(base, math.nan))
     return replace(first, ref_start=parts[0].ref_start, ref_stop=parts[-1].ref_stop, **cat,
-                   partner_best_rho=best_rho, partner_best_idx=best_idx, partner_baseline_rho=baseline)
+                   partner_best_rho=best_rho, partner_best_idx=best_idx, partner_baseline_rho=baseline,
+                   partner_baseline_computed=computed)
 
 
 def result_frames(result: CorrelationResult, *, model_id: int,
