@@ -23,8 +23,9 @@ from atlas.ingest.math.labels import LabelThresholds, label_neurons
 from atlas.ingest.math.variance_reduction import neuron_table, score_features
 
 VOCAB = ["<|endoftext|>", "a", " a", "A", " A", " and", " apple", " an", " as", "b", " b", "B", " B", " big",
-         " bat", " the", " The", "the", ",", ".", " 1999", " 2001", " 1850", " of", " x", " quite", " red", "ing",
-         " very", " cat", " dog", " house", " run", " said", " when", " it"]
+         " bat", " the", " The", "the", ",", ".", " 1999", " 2001", " 1850", " 42", "7", " 300", " of", " on", " one",
+         " or", " x", " quite", " red", "ing", " very", " cat", " can", " come", " car", "C", " dog", " house",
+         " run", " said", " when", " it"]
 V = len(VOCAB)
 N_CTX = 64
 ROWS = 400
@@ -46,14 +47,14 @@ def _planted(seed: int = 0):
     acts = np.zeros((ROWS, N_CTX, 8))
     acts[..., ALPHA] = 3.0 * np.isin(tokens, LETTER_A) + noise()
     acts[..., YEAR] = 3.0 * np.isin(tokens, YEARS) + noise()
-    # previous-token neuron whose best feature is a CURRENT token: VR(prev ' of') ≈ 0.38, VR(cur ' cat') ≈ 0.6
+    # previous-token neuron whose best feature is a CURRENT token: VR(prev ' of') ≈ 0.38, VR(cur ' cat') ≈ 0.58
     acts[..., PREV] = 2.0 * (prev == OF) + 2.5 * (tokens == CAT) + noise()
     # fires at even positions only: per-position MI = ln 2, but 0 over buckets of two positions
-    acts[..., EVEN] = np.where(pos % 2 == 0, 1.0, -0.1) + noise()
+    acts[..., EVEN] = np.where(pos % 2 == 0, 1.0, -0.5) + noise()
     # fires with probability 0.71 in the first half of the context and 0.29 in the second:
     # per-position MI ≈ 0.09 nats, like the paper's position neuron L5.386
     q = np.where(pos < N_CTX // 2, 0.71, 0.29)
-    acts[..., HALF] = np.where(rng.random((ROWS, N_CTX)) < q, 1.0, -0.1) + noise()
+    acts[..., HALF] = np.where(rng.random((ROWS, N_CTX)) < q, 1.0, -0.5) + noise()
     # a position ramp (kurtosis ≈ 1.8 on kept tokens) with a huge activation on the BOS position
     acts[..., BOS_RAMP] = (pos - 31.5) / 16 + noise()
     acts[:, 0, BOS_RAMP] = 40.0

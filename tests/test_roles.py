@@ -14,7 +14,7 @@ import torch
 
 from atlas.ingest.math.labels import LabelThresholds
 from atlas.ingest.math.roles import (
-    attention_deactivation, bos_keys, entropy_candidates, entropy_effect, entropy_intervention, role_table,
+    attention_deactivation, bos_keys, entropy_effect, entropy_intervention, mark_entropy_candidates, role_table,
     vocab_composition,
 )
 
@@ -69,19 +69,9 @@ def test_attention_deactivation_matches_numpy():
                     assert res.percentile[l, n, hl, h].item() == pytest.approx(np.mean(rand < w @ v))
     best = res.best()
     assert torch.isnan(best["z"][L - 1]).all()  # nothing after the last layer
-    z0 = res.z[0, 2].reshape(-1)
-    j = int(torch.nan_to_num(z0, nan=-math.inf).argmax())
+    s0 = res.score[0, 2].reshape(-1).abs()  # the paper ranks by |score|
+    j = int(torch.nan_to_num(s0, nan=-math.inf).argmax())
     assert (best["head_layer"][0, 2].item(), best["head"][0, 2].item()) == (j // H, j % H)
-
-
-def test_entropy_candidates_rule():
-    layer = torch.tensor([0, 0, 0, 3, 3, 3, 3, 3, 3])
-    norm = torch.tensor([5.0, 1.0, 1.0, 1.0, 1.1, 5.0, 5.0, 0.9, 1.2])
-    var_ratio = torch.tensor([0.01, 1.0, 1.0, 1.0, 1.0, 0.01, 2.0, 0.01, 1.0])
-    res = entropy_candidates(layer, norm, var_ratio, n_layers=4, min_depth=0.8, norm_ratio=2.0, max_var_ratio=0.5)
-    # layer 0 is too early; (3, 6) writes into the vocabulary; (3, 7) has an ordinary norm
-    assert res["candidate"].tolist() == [False, False, False, False, False, True, False, False, False]
-    assert res["norm_ratio"][5].item() == pytest.approx(5.0 / 1.15)  # median of layer 3: 1.15
 
 
 def _frame(values, entropy, scale, base=(2.0, 1.0)):
@@ -125,15 +115,17 @@ def test_planted_roles_are_found_exactly(planted):
     k_bos = bos_keys(bridge, 0)
     assert k_bos.shape == (2, 2, 64)
     att = attention_deactivation(bridge.W_out, bridge.W_Q, k_bos)
-    table = role_table(bridge.W_out, bridge.W_U, VOCAB, min_depth=t.entropy_min_depth, norm_ratio=t.entropy_norm_ratio,
-                       max_var_ratio=t.entropy_var_ratio, attention=att)
+    table = role_table(bridge.W_out, bridge.W_U, VOCAB, W_in=bridge.W_in, attention=att)
     assert table.height == 2 * 16
     k, s = pl.col("vocab_kurtosis"), pl.col("vocab_skew")
     assert _labelled(table, (k > t.prediction_kurtosis) & (s > 0)) == p.truth["prediction"]
     assert _labelled(table, (k > t.suppression_kurtosis) & (s < 0)) == p.truth["suppression"]
-    assert _labelled(table, (pl.col("vocab_var_ratio") >= t.partition_var_ratio) & (k <= t.prediction_kurtosis)) == p.truth["partition"]
-    assert _labelled(table, pl.col("entropy_candidate")) == p.truth["entropy"]
-    assert _labelled(table, pl.col("attn_z") >= t.attention_z) == p.truth["attention_deactivation"]
+    assert _labelled(table, (pl.col("vocab_var") > t.partition_vocab_var)
+                     & (pl.col("vocab_var_ratio") >= t.partition_min_var_ratio)) == p.truth["partition"]
+    # weights only here: an activation kurtosis of 3 (Gaussian) lets the weight filters decide
+    marked = mark_entropy_candidates(table.with_columns(pl.lit(3.0).alias("kurtosis")), t, n_layers=2)
+    assert _labelled(marked, pl.col("entropy_candidate")) == p.truth["entropy"]
+    assert _labelled(table, pl.col("attn_z").abs() >= t.attention_z) == p.truth["attention_deactivation"]
     row = table.filter((pl.col("layer") == 0) & (pl.col("idx") == 4)).row(0, named=True)
     assert (row["attn_head_layer"], row["attn_head"]) == (1, 0) and row["attn_percentile"] == 1.0
     pred = table.filter((pl.col("layer") == 1) & (pl.col("idx") == 1)).row(0, named=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -105,18 +105,24 @@ class FeatureScores:
 
     def summary(self) -> pl.DataFrame:
         """Per neuron the best features the labelling rules read (null where undefined):
-        ``best_*`` over everything, ``cur_*`` over current-token features, ``unigram_*`` over
-        current-token unigram features, ``prev_*`` over previous-token features, ``pos_*`` over
-        position features."""
+        ``best_*`` over everything, ``cur_*`` over current-token features of the token's text
+        (single tokens, words, classes, letters, topics: the paper's unigram candidates),
+        ``prev_*`` over previous-token features (syntax tags included), ``pos_*`` over position
+        features, ``syntax_*`` over current-token syntax tags; each group has ``_feature``,
+        ``_kind``, ``_on_previous`` and ``_vr``. And per neuron its best LETTER: ``alphabet_letter``,
+        ``alphabet_vr`` = the larger VR of the letter's two features ``starts_with=x`` (is x or starts
+        with x, any case and space) and ``letter=x`` (is the letter x alone), ``alphabet_feature``
+        (which one), ``alphabet_starts_vr`` and ``alphabet_letter_vr``."""
         N = self.vr.shape[1]
         kinds = np.array(self.kinds, dtype=object)
         prev = np.array(self.on_previous, dtype=bool)
+        token_kind = np.isin(kinds, ["unigram", "class", "alphabet", "topic"])
         groups = {
             "best": np.ones(len(kinds), dtype=bool),
-            "cur": (~prev) & (kinds != "position"),
-            "unigram": (~prev) & (kinds == "unigram"),
+            "cur": (~prev) & token_kind,
             "prev": prev,
             "pos": kinds == "position",
+            "syntax": (~prev) & (kinds == "syntax"),
         }
         vr = self.vr.cpu()
         cols: dict[str, list] = {"neuron": list(range(N))}
@@ -137,7 +143,33 @@ class FeatureScores:
         for g in groups:
             schema.update({f"{g}_feature": pl.Utf8, f"{g}_kind": pl.Utf8, f"{g}_on_previous": pl.Boolean,
                            f"{g}_vr": pl.Float64})
+        cols.update(self._best_letter(vr))
+        schema.update({"alphabet_letter": pl.Utf8, "alphabet_feature": pl.Utf8, "alphabet_vr": pl.Float64,
+                       "alphabet_starts_vr": pl.Float64, "alphabet_letter_vr": pl.Float64})
         return pl.DataFrame(cols, schema=schema)
+
+    def _best_letter(self, vr: torch.Tensor) -> dict[str, list]:
+        """Per neuron the letter whose features explain it best (see :meth:`summary`)."""
+        N = vr.shape[1]
+        row_of = {(name, prev): i for i, (name, prev) in enumerate(zip(self.names, self.on_previous))}
+        out: dict[str, list] = {k: [None] * N for k in ("alphabet_letter", "alphabet_feature", "alphabet_vr",
+                                                         "alphabet_starts_vr", "alphabet_letter_vr")}
+        best = np.full(N, -1.0)
+        for letter in "abcdefghijklmnopqrstuvwxyz":
+            starts, alone = row_of.get((f"starts_with={letter}", False)), row_of.get((f"letter={letter}", False))
+            if starts is None and alone is None:
+                continue
+            sv = torch.nan_to_num(vr[starts], nan=-1.0).numpy() if starts is not None else np.full(N, -1.0)
+            lv = torch.nan_to_num(vr[alone], nan=-1.0).numpy() if alone is not None else np.full(N, -1.0)
+            top = np.maximum(sv, lv)
+            for i in np.flatnonzero((top > best) & (top > 0)):
+                best[i] = top[i]
+                out["alphabet_letter"][i] = letter
+                out["alphabet_feature"][i] = f"starts_with={letter}" if sv[i] >= lv[i] else f"letter={letter}"
+                out["alphabet_vr"][i] = float(top[i])
+                out["alphabet_starts_vr"][i] = float(sv[i]) if sv[i] >= 0 else None
+                out["alphabet_letter_vr"][i] = float(lv[i]) if lv[i] >= 0 else None
+        return out
 
 
 _TOP_SCHEMA = {"neuron": pl.Int64, "rank": pl.Int16, "feature": pl.Utf8, "feature_kind": pl.Utf8,
@@ -148,9 +180,11 @@ def _empty_top() -> pl.DataFrame:
     return pl.DataFrame(schema=_TOP_SCHEMA)
 
 
-def score_features(acc: FeatureAccumulator, tokens: FeatureSet, positions: FeatureSet | None = None) -> FeatureScores:
-    """VR of ``tokens`` features on the current and on the previous token, and of ``positions``
-    features, for every neuron of ``acc``."""
+def score_features(acc: FeatureAccumulator, tokens: FeatureSet, positions: FeatureSet | None = None,
+                   tag_names: Mapping[str, Sequence[str]] | None = None) -> FeatureScores:
+    """VR of ``tokens`` features on the current and on the previous token, of ``positions``
+    features, and of every value of the accumulator's tags (``tag_names[name][id]``, e.g.
+    ``pos=NOUN``; kind ``syntax``) on the current and on the previous token, for every neuron of ``acc``."""
     if tokens.matrix.shape[0] != acc.d_vocab:
         raise ValueError(f"token features cover {tokens.matrix.shape[0]} ids, the accumulator {acc.d_vocab}")
     F = torch.cat([tokens.matrix, torch.zeros(1, tokens.n_features, dtype=torch.bool)], 0)  # + "no previous"
@@ -169,6 +203,17 @@ def score_features(acc: FeatureAccumulator, tokens: FeatureSet, positions: Featu
         names += positions.names
         kinds += positions.kinds
         on_prev += [False] * positions.n_features
+    for name, size in acc.tag_sizes.items():
+        values = list((tag_names or {}).get(name, [str(i) for i in range(size)]))
+        if len(values) != size:
+            raise ValueError(f"{len(values)} names for the {size} values of tag {name}")
+        one_hot = torch.cat([torch.eye(size, dtype=torch.bool), torch.zeros(1, size, dtype=torch.bool)], 0)
+        for counts, sums, previous in ((acc.tag_count[name], acc.tag_sum[name], False),
+                                       (acc.prev_tag_count[name], acc.prev_tag_sum[name], True)):
+            blocks.append(grouped_variance_reduction(counts, sums, features=one_hot, **args))
+            names += [f"{name}={v}" for v in values]
+            kinds += ["syntax"] * size
+            on_prev += [previous] * size
     return FeatureScores(names=names, kinds=kinds, on_previous=on_prev, vr=torch.cat(blocks, 0))
 
 
@@ -191,17 +236,17 @@ def top_tokens(acc: FeatureAccumulator, vocab: Sequence[str], *, k: int = 20, mi
 
 
 def neuron_table(layer: int, acc: FeatureAccumulator, scores: FeatureScores, vocab: Sequence[str], *,
-                 mi_buckets: int = 32, top_k: int = 20, min_count: int = 5,
-                 kurtosis: torch.Tensor | None = None) -> pl.DataFrame:
+                 top_k: int = 20, min_count: int = 5) -> pl.DataFrame:
     """One row per neuron of ``layer`` with what the labelling rules read from the data:
-    the :meth:`FeatureScores.summary` columns, ``kurtosis`` (given, e.g. of ``hook_pre`` from a
-    statistics run, else the accumulator's), ``position_mi`` (nats), ``position_mi_norm``
-    (share of the firing entropy), ``firing_rate``, ``act_max`` and ``top_tokens``."""
+    the :meth:`FeatureScores.summary` columns, ``kurtosis`` (of the accumulator's moment source,
+    ``hook_pre``, over every position: the paper's token set), ``position_mi`` (nats, per
+    position), ``position_mi_norm`` (share of the firing entropy), ``firing_rate`` (every
+    position), ``act_max`` (kept tokens) and ``top_tokens``."""
     summary = scores.summary()
-    mi = acc.position_mutual_information(mi_buckets).cpu()
-    rate = (acc.pos_fire.sum(0) / max(acc.n, 1)).cpu()
+    mi = acc.position_mutual_information().cpu()
+    rate = acc.firing_rate().cpu()
     h = firing_entropy(rate)
-    kurt = (acc.kurtosis() if kurtosis is None else kurtosis).detach().cpu().double()
+    kurt = acc.kurtosis().detach().cpu().double()
 
     def floats(t: torch.Tensor) -> list[float | None]:
         return [None if not math.isfinite(x) else x for x in t.double().tolist()]

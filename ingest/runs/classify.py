@@ -11,6 +11,13 @@ then per model:
   the processed weights, and runs the entropy intervention for the candidates;
 - labels the neurons (``atlas.ingest.math.labels.label_neurons``).
 
+By default only universal neurons are labelled (excess correlation > ``universal_threshold`` in a
+finished correlation run on the same dataset), as the paper counts families among universal
+neurons; ``universal_only=False`` (CLI ``--all-neurons``) labels every neuron. With the ``syntax``
+extra installed, part-of-speech and dependency tags of every token (``atlas.ingest.syntax``) are
+features too. The run's result summary lists every label that was evaluated, with count 0 when
+it found nothing, and why any label was not evaluated.
+
 Then it groups labelled neurons into families: within each model, and across seeds through the
 partner edges of the cohort's finished correlation runs on the same dataset (when there are any).
 Everything is published in ONE transaction (``neuron_feature``, ``neuron_label``, ``family``,
@@ -36,9 +43,12 @@ from atlas.errors import AtlasError
 from atlas.ingest.math.activation_sums import FeatureAccumulator
 from atlas.ingest.math.families import build_families
 from atlas.ingest.math.features import frequent_token_ids, position_features, token_features
-from atlas.ingest.math.labels import LabelThresholds, label_neurons, syntax_status
+from atlas.ingest.math.labels import LABELS, LabelThresholds, evaluated_labels, label_neurons
 from atlas.ingest.math.variance_reduction import neuron_table, score_features
-from atlas.ingest.math.roles import attention_deactivation, bos_keys, entropy_effect, entropy_intervention, role_table
+from atlas.ingest.math.roles import (
+    attention_deactivation, bos_keys, entropy_effect, entropy_intervention, mark_entropy_candidates, role_table,
+)
+from atlas.ingest.syntax import syntax_status, tag_dataset
 
 
 @dataclass(frozen=True)
@@ -53,15 +63,15 @@ class ClassifyConfig:
     max_unigram_features: int = 2000
     position_exact: int = 8
     position_buckets: int = 16
-    mi_buckets: int = 32
     top_tokens: int = 20
     entropy_rows: int = 32  # dataset rows the entropy intervention runs on
     entropy_values: int = 5  # fixed activations from 0 to entropy_scale × the neuron's max
     entropy_scale: float = 2.0
     attention_random: int = 2048
     seed: int = 0
-    universal_only: bool = False  # label only neurons with excess > universal_threshold (large cohorts)
+    universal_only: bool = True  # the paper: families among universal neurons (excess > universal_threshold)
     universal_threshold: float = 0.5
+    syntax: bool = True  # part-of-speech / dependency features when spaCy and an English pipeline are installed
     checkpoint_every: int = 200  # batches between accumulator checkpoints
 
     def params(self) -> dict[str, Any]:
@@ -119,7 +129,10 @@ def classify(engine: Engine, dataset: Any, *, cohort: str | None = None, models:
         special = _special_ids(engine, info.tokenizer_id)
         bos = special.get("bos") if special.get("bos") is not None else special.get("eos")
         syntax_ok, syntax_message = syntax_status()
+        if syntax_ok and not config.syntax:
+            syntax_ok, syntax_message = False, "syntax labels not computed: turned off for this run"
         log(f"classify: {syntax_message}")
+        tags = tag_dataset(engine, info, n_rows, vocab, special, log) if syntax_ok else None
         state = _load_checkpoint(run.checkpoint_path)
         done: dict[str, dict[str, bytes]] = state.get("done", {})
         tokens_done = sum(n_rows * info.context_length for r in rows if r.name in done)
@@ -129,8 +142,9 @@ def classify(engine: Engine, dataset: Any, *, cohort: str | None = None, models:
                 continue
             t0 = time.time()
             result = _classify_model(engine, run, r, info, n_rows, vocab, special, bos, config, device, state,
-                                     tokens_done, log)
-            done[r.name] = {k: _to_ipc(v) for k, v in result.items()}
+                                     tokens_done, log, tags)
+            done[r.name] = {k: _to_ipc(v) for k, v in result.items() if k != "evaluated"}
+            done[r.name]["evaluated"] = json.dumps(result["evaluated"])
             state = {"done": done}
             _save_checkpoint(run.checkpoint_path, state)
             tokens_done += n_rows * info.context_length
@@ -144,10 +158,17 @@ def classify(engine: Engine, dataset: Any, *, cohort: str | None = None, models:
         t = config.thresholds
         families, members = build_families(labels, edges, min_rho=t.family_min_rho, min_members=t.family_min_members,
                                            n_models_total=len(rows))
+        evaluated = set().union(*(set(json.loads(done[r.name]["evaluated"])) for r in rows))
+        found = {k: int(v) for k, v in labels.group_by("label").len().iter_rows()}
+        not_evaluated = {label: _why_not_evaluated(label, syntax_message, bos) for label in LABELS if label not in evaluated}
         summary = {
             "syntax": syntax_message, "n_labels": labels.height, "n_families": families.height,
             "n_partner_edges": 0 if edges is None else edges.height,
-            "label_counts": {k: int(v) for k, v in labels.group_by("label").len().iter_rows()},
+            "counted_among": (f"universal neurons (excess correlation > {config.universal_threshold})"
+                              if config.universal_only else "all neurons"),
+            # every evaluated label, 0 when it found nothing; the others with the reason
+            "label_counts": {label: found.get(label, 0) for label in LABELS if label in evaluated},
+            "not_evaluated": not_evaluated,
         }
         run.publish(_writer(run.id, features, labels, families, members, summary))
         log(f"classify: run {run.id} done — {labels.height} labels, {families.height} families")
@@ -158,7 +179,7 @@ def classify(engine: Engine, dataset: Any, *, cohort: str | None = None, models:
 
 def _classify_model(engine: Engine, run, row: _ModelRow, info, n_rows: int, vocab: list[str], special: dict,
                     bos: int | None, config: ClassifyConfig, device: str, state: dict, tokens_done: int,
-                    log: Callable[[str], None]) -> dict[str, pl.DataFrame]:
+                    log: Callable[[str], None], tags: dict | None) -> dict[str, Any]:
     from atlas.ingest.activations import iter_dataset_batches, kept_token_mask, mlp_activations
     from atlas.ingest.models import load_model
 
@@ -179,7 +200,8 @@ def _classify_model(engine: Engine, run, row: _ModelRow, info, n_rows: int, voca
         start = int(partial["next_row"])
         log(f"classify: {row.name}: resuming at row {start}")
     else:
-        accs = [FeatureAccumulator(len(c), d_vocab, ctx, device=device) for c in cols]
+        tag_sizes = {k: len(v) for k, v in tags["names"].items()} if tags else None
+        accs = [FeatureAccumulator(len(c), d_vocab, ctx, device=device, tag_sizes=tag_sizes) for c in cols]
         counts = torch.zeros(d_vocab, dtype=torch.float64, device=device)  # kept tokens per id
         start = 0
     dev_cols = [c.to(device) for c in cols]
@@ -191,10 +213,11 @@ def _classify_model(engine: Engine, run, row: _ModelRow, info, n_rows: int, voca
         keep = kept_token_mask(tokens, info.filter_rule)
         counts += torch.bincount(tokens[keep].to(device), minlength=d_vocab)[:d_vocab].to(counts.dtype)
         acts = mlp_activations(loaded, tokens, hooks=("pre", "post"))
+        batch_tags = {k: v[first:first + tokens.shape[0]] for k, v in tags["ids"].items()} if tags else None
         for l in range(L):
             if len(cols[l]):
                 accs[l].update(tokens, acts["post"][:, :, l].index_select(-1, dev_cols[l]), keep,
-                               pre=acts["pre"][:, :, l].index_select(-1, dev_cols[l]))
+                               pre=acts["pre"][:, :, l].index_select(-1, dev_cols[l]), tags=batch_tags)
         batches += 1
         next_row = first + tokens.shape[0]
         if batches % config.checkpoint_every == 0:
@@ -214,13 +237,12 @@ def _classify_model(engine: Engine, run, row: _ModelRow, info, n_rows: int, voca
     for l in range(L):
         if not len(cols[l]):
             continue
-        scores = score_features(accs[l], tf, pf)
+        scores = score_features(accs[l], tf, pf, tag_names=tags["names"] if tags else None)
         idx_map = pl.Series("idx", cols[l].tolist(), dtype=pl.Int64)
         top = scores.top(config.top_k_features)
         tops.append(top.with_columns(pl.lit(l, dtype=pl.Int64).alias("layer"),
                                      idx_map.gather(top["neuron"]).alias("idx")).drop("neuron"))
-        table = neuron_table(l, accs[l], scores, vocab, mi_buckets=config.mi_buckets, top_k=config.top_tokens,
-                             min_count=config.min_token_count)
+        table = neuron_table(l, accs[l], scores, vocab, top_k=config.top_tokens, min_count=config.min_token_count)
         tables.append(table.with_columns(idx_map.gather(table["idx"]).alias("idx")))
 
     t = config.thresholds
@@ -230,10 +252,9 @@ def _classify_model(engine: Engine, run, row: _ModelRow, info, n_rows: int, voca
     if bos is not None and L > 1:
         att = attention_deactivation(W_out, bridge.W_Q.detach(), bos_keys(bridge, bos),
                                      n_random=config.attention_random, seed=config.seed)
-    roles = role_table(W_out, W_U, vocab, min_depth=t.entropy_min_depth, norm_ratio=t.entropy_norm_ratio,
-                       max_var_ratio=t.entropy_var_ratio, attention=att)
+    roles = role_table(W_out, W_U, vocab, W_in=bridge.W_in.detach(), attention=att)
     table = pl.concat(tables, how="vertical").join(roles, on=["layer", "idx"], how="left") if tables else roles.head(0)
-    table = table.with_columns(pl.lit(row.id, dtype=pl.Int64).alias("model_id"))
+    table = mark_entropy_candidates(table.with_columns(pl.lit(row.id, dtype=pl.Int64).alias("model_id")), t, n_layers=L)
 
     effects: dict[tuple, dict] = {}
     candidates = table.filter(pl.col("entropy_candidate").fill_null(False))
@@ -253,7 +274,17 @@ def _classify_model(engine: Engine, run, row: _ModelRow, info, n_rows: int, voca
     features = features.with_columns(pl.lit(row.id, dtype=pl.Int64).alias("model_id")).select(
         "model_id", "layer", "idx", "rank", "feature", "feature_kind", "on_previous", "variance_reduction")
     del loaded, bridge
-    return {"features": features, "labels": labels}
+    return {"features": features, "labels": labels, "evaluated": evaluated_labels(table.columns)}
+
+
+def _why_not_evaluated(label: str, syntax_message: str, bos: int | None) -> str:
+    if label == "syntax":
+        return syntax_message
+    if label.startswith("attention"):
+        return "needs a BOS token and at least two layers" if bos is not None else "the tokenizer has no BOS token"
+    if label.startswith("entropy"):
+        return "no neuron was classified"
+    return "no neuron was classified (no universal neurons?)"
 
 
 # ---------------------------------------------------------------- database reads
@@ -338,7 +369,8 @@ def _universal_subset(engine: Engine, row: _ModelRow, dataset_id: int, config: C
             any_corr = conn.execute(sa.text("SELECT 1 FROM run WHERE kind = 'correlation' AND status = 'done' "
                                             "AND dataset_id = :d LIMIT 1"), {"d": dataset_id}).first()
         if any_corr is None:
-            raise AtlasError("--universal-only needs a finished correlation run on this dataset — run `atlas correlate` first")
+            raise AtlasError("classify labels universal neurons by default and needs a finished correlation run on this "
+                             "dataset — run `atlas correlate` first, or pass --all-neurons")
     subset: dict[int, list[int]] = {}
     for layer, idx in got:
         subset.setdefault(int(layer), []).append(int(idx))
