@@ -175,6 +175,16 @@ def test_stored_variance_reduction_matches_numpy(classified):
         a = posts[ids.index(model_id)][..., layer, idx][keep]
         if kind == "position":
             f = pf.matrix[:, pf.names.index(feature)].numpy()[pos[keep]]
+        elif kind == "syntax":  # a part-of-speech / dependency tag of the token (spaCy installed)
+            from atlas.ingest.syntax import load_pipeline, tag_names, tag_rows
+
+            if "tags" not in locals():
+                nlp = load_pipeline()
+                tags, names = tag_rows(torch.from_numpy(rows), vocab, nlp, special_token_ids=special), tag_names(nlp)
+            tag, value = feature.split("=", 1)
+            on = (tags[tag] == names[tag].index(value)).numpy()
+            on_prev = np.concatenate([np.zeros((rows.shape[0], 1), dtype=bool), on[:, :-1]], 1)
+            f = (on_prev if on_previous else on)[keep]
         else:
             col = tf.matrix[:, tf.names.index(feature)].numpy()
             src = prev[keep] if on_previous else rows[keep]

@@ -278,7 +278,7 @@ def _classify_model(engine: Engine, run, row: _ModelRow, info, n_rows: int, voca
 
 
 def _why_not_evaluated(label: str, syntax_message: str, bos: int | None) -> str:
-    if label == "syntax":
+    if label == "syntax" and "not computed" in syntax_message:
         return syntax_message
     if label.startswith("attention"):
         return "needs a BOS token and at least two layers" if bos is not None else "the tokenizer has no BOS token"
