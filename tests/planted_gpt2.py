@@ -31,7 +31,7 @@ VOCAB = [
     " ball", " bat", " big", " bread", " bring",
     " red", " green", " yellow", " purple", " orange",
     " cat", " dog", " horse", " January", " March", " Monday", " mother", " father", " NASA", " USA",
-    "ing", "ed", "ly", " un", " re", " (", ")", ":", ";", "\n", " x", " quite", " zero", " very", " when",
+    "ing", "ed", "ly", " un", " re", " (", ")", ":", ";", "\n", " x", " on", " one", " or", " over",
 ]
 V = len(VOCAB)  # 48
 N_CTX = 16
@@ -47,8 +47,10 @@ COLOURS = [VOCAB.index(t) for t in (" red", " green", " yellow", " purple", " or
 PREDICTED = [VOCAB.index(" cat"), VOCAB.index(" dog")]
 SUPPRESSED = [VOCAB.index(" the"), VOCAB.index(",")]
 
+# the paper's unigram family is the best current-token feature of ANY kind with VR > 0.5: the
+# b-words neuron (starts_with=b) and the colour neuron (topic=colours) are unigram neurons too
 TRUTH = {
-    "unigram": {(0, 0)}, "alphabet": {(0, 1)}, "position": {(0, 2)}, "semantic": {(0, 3)},
+    "unigram": {(0, 0), (0, 1), (0, 3)}, "alphabet": {(0, 1)}, "position": {(0, 2)}, "semantic": {(0, 3)},
     "attention_deactivation": {(0, 4)}, "previous_token": {(1, 0)}, "prediction": {(1, 1)},
     "suppression": {(1, 2)}, "entropy": {(1, 3)}, "partition": {(1, 4)},
 }

@@ -71,7 +71,7 @@ def classified(engine, tiny_cohort, atlas_home):
         cohort_id = conn.execute(sa.text("SELECT id FROM cohort WHERE name = 'tiny'")).scalar_one()
     _store_correlation(engine, cohort_id, info.id, ids, posts, keep)
     messages: list[str] = []
-    config = ClassifyOptions(min_token_count=3, batch_size=32, device="cpu", log=messages.append)
+    config = ClassifyOptions(min_token_count=3, batch_size=32, device="cpu", universal_only=False, log=messages.append)
     run_id = run_classify(engine, ClassifySubject(cohort="tiny"), info.name, config).run_id
     return {"engine": engine, "info": info, "ids": ids, "loaded": loaded, "posts": posts, "keep": keep,
             "rows": rows, "run_id": run_id, "config": config, "messages": messages, "cohort": tiny_cohort}
@@ -97,6 +97,17 @@ def test_classify_stores_features_labels_families(classified):
     assert params["thresholds"]["unigram_vr"] == 0.5 and params["thresholds"]["alphabet_vr"] == 0.35
     assert params["models"] == [m.name for m in classified["loaded"]]
     assert "syntax" in params["result"] and params["result"]["n_labels"] == labels.height
+    # every label kind that was evaluated is listed, with 0 when it found nothing; the others say why
+    result = params["result"]
+    assert result["counted_among"] == "all neurons"
+    for label in ("unigram", "alphabet", "previous_token", "position", "semantic", "prediction", "suppression",
+                  "partition", "entropy", "entropy_candidate", "attention_deactivation", "attention_activation"):
+        assert label in result["label_counts"], label
+    assert 0 in result["label_counts"].values()
+    assert sum(result["label_counts"].values()) == labels.height
+    assert ("syntax" in result["label_counts"]) != ("syntax" in result["not_evaluated"])
+    assert set(result["label_counts"]) | set(result["not_evaluated"]) == set(
+        __import__("atlas.ingest.math.labels", fromlist=["LABELS"]).LABELS)
     assert {m for m, _ in n_feat} == set(ids)
     assert all(n <= 2 * 64 * classified["config"].top_k_features for _, n in n_feat)
     # labels carry evidence; the trained cohort has clear unigram neurons in every seed
@@ -127,7 +138,7 @@ def test_classify_stores_features_labels_families(classified):
     again = run_classify(engine, ClassifySubject(cohort="tiny"), classified["info"].name, classified["config"])
     assert again.status == "skipped" and again.run_id is None
     result = CliRunner().invoke(main, ["classify", "--cohort", "tiny", "--dataset", "tiny", "--min-token-count", "3",
-                                       "--batch-size", "32"])
+                                       "--batch-size", "32", "--all-neurons"])
     assert result.exit_code == 0, result.output
     assert "already done" in result.output
     with engine.connect() as conn:
@@ -165,6 +176,16 @@ def test_stored_variance_reduction_matches_numpy(classified):
         a = posts[ids.index(model_id)][..., layer, idx][keep]
         if kind == "position":
             f = pf.matrix[:, pf.names.index(feature)].numpy()[pos[keep]]
+        elif kind == "syntax":  # a part-of-speech / dependency tag of the token (spaCy installed)
+            from atlas.ingest.syntax import load_pipeline, tag_names, tag_rows
+
+            if "tags" not in locals():
+                nlp = load_pipeline()
+                tags, names = tag_rows(torch.from_numpy(rows), vocab, nlp, special_token_ids=special), tag_names(nlp)
+            tag, value = feature.split("=", 1)
+            on = (tags[tag] == names[tag].index(value)).numpy()
+            on_prev = np.concatenate([np.zeros((rows.shape[0], 1), dtype=bool), on[:, :-1]], 1)
+            f = (on_prev if on_previous else on)[keep]
         else:
             col = tf.matrix[:, tf.names.index(feature)].numpy()
             src = prev[keep] if on_previous else rows[keep]
@@ -203,7 +224,8 @@ def test_killed_run_resumes_from_checkpoint(engine, tiny_cohort, atlas_home, tmp
     register_model(engine, load_model(str(tiny_cohort.paths[0])), cohort="pair", seed_label="a")
     register_model(engine, load_model(str(copy)), cohort="pair", seed_label="b")
     messages: list[str] = []
-    config = ClassifyOptions(min_token_count=3, batch_size=32, max_rows=64, device="cpu", log=messages.append)
+    config = ClassifyOptions(min_token_count=3, batch_size=32, max_rows=64, device="cpu", universal_only=False,
+                             log=messages.append)
 
     copy.rename(tmp_path / "gone")  # the second model's checkpoint disappears mid-run
     with pytest.raises(AtlasError, match="no model checkpoint directory"):
@@ -222,3 +244,38 @@ def test_killed_run_resumes_from_checkpoint(engine, tiny_cohort, atlas_home, tmp
         models = conn.execute(sa.text("SELECT DISTINCT model_id FROM neuron_feature WHERE run_id = :i"), {"i": run_id}).all()
     assert status == "done" and len(models) == 2
     assert not list((atlas_home / "checkpoints").glob(f"classify-*-run{run_id}-*.pt"))
+
+
+def test_families_are_counted_among_universal_neurons_by_default(engine, tiny_cohort, atlas_home):
+    """The paper explains and counts families among universal neurons (excess correlation above
+    the threshold); every other neuron gets no features and no labels. Without a correlation run
+    the default refuses with a one-line hint."""
+    from atlas.errors import AtlasError
+    from atlas.ingest.models import load_model
+    from atlas.ingest.runs.classify import ClassifyOptions, ClassifySubject, run_classify
+    from atlas.ingest.runs.correlate import CorrelateOptions, run_correlation
+    from atlas.ingest.store import register_model
+
+    info = tiny_cohort.store_dataset(engine)
+    for path, label in zip(tiny_cohort.paths, tiny_cohort.labels):
+        register_model(engine, load_model(str(path)), cohort="tiny", seed_label=label)
+    config = ClassifyOptions(min_token_count=3, batch_size=32, universal_threshold=0.05, device="cpu",
+                             log=lambda m: None)
+    with pytest.raises(AtlasError, match="run `atlas correlate` first, or pass --all-neurons"):
+        run_classify(engine, ClassifySubject(cohort="tiny"), info.name, config)
+    run_correlation(engine, "tiny", info.name, CorrelateOptions(device="cpu", progress=False, log=lambda m: None))
+    run_id = run_classify(engine, ClassifySubject(cohort="tiny"), info.name, config).run_id
+    with engine.connect() as conn:
+        universal = set(conn.execute(sa.text("""
+            SELECT model_id, layer::int, idx FROM neuron_universality WHERE excess > 0.05
+            UNION SELECT model_id, layer::int, idx FROM pair_correlation p
+            WHERE p.model_id <> (SELECT model_id FROM run WHERE kind = 'correlation') AND max_corr - baseline_max > 0.05
+        """)).all())
+        featured = set(conn.execute(sa.text("SELECT DISTINCT model_id, layer::int, idx FROM neuron_feature WHERE run_id = :r"),
+                                    {"r": run_id}).all())
+        labelled = set(conn.execute(sa.text("SELECT DISTINCT model_id, layer::int, idx FROM neuron_label WHERE run_id = :r"),
+                                    {"r": run_id}).all())
+        result = conn.execute(sa.text("SELECT params->'result' FROM run WHERE id = :r"), {"r": run_id}).scalar()
+    assert universal and featured and featured <= universal and labelled <= universal
+    assert len(universal) < 3 * 2 * 64  # a real subset
+    assert result["counted_among"] == "universal neurons (excess correlation > 0.05)"

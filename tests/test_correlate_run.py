@@ -80,6 +80,8 @@ def test_stored_results_equal_float64_reference_and_repeat_is_noop(cohort):
     ref = posts[0]
     live_ref = ref.std(0) > 1e-6
     best, base = [], []
+    rot_ref = build_rotation(3, "orthogonal", 0, (n_layers, d_mlp), reference=True).numpy()
+    rotated_ref = np.einsum("ljk,tlk->tlj", rot_ref, ref.reshape(-1, n_layers, d_mlp)).reshape(-1, n)
     for m, pid in enumerate(ids[1:]):
         want = rho64(ref, posts[m + 1])
         rot = build_rotation(3, "orthogonal", m, (n_layers, d_mlp)).numpy()
@@ -101,6 +103,10 @@ def test_stored_results_equal_float64_reference_and_repeat_is_noop(cohort):
         live_p = posts[m + 1].std(0) > 1e-6
         np.testing.assert_allclose(back["max_corr"].to_numpy()[live_p],
                                    np.nanmax(np.nan_to_num(want, nan=-2), axis=0)[live_p], atol=TOL)
+        # ... and their baseline: best correlation with the REFERENCE's layers rotated at random
+        want_pbase = rho64(rotated_ref, posts[m + 1])
+        np.testing.assert_allclose(back["baseline_max"].to_numpy()[live_p],
+                                   np.nanmax(np.nan_to_num(want_pbase, nan=-2), axis=0)[live_p], atol=TOL)
         # edges: rank 1 is the best partner, ranks descend
         mine = edges.filter(pl.col("partner_model_id") == pid)
         assert mine["rank"].max() == 10
@@ -121,6 +127,7 @@ def test_stored_results_equal_float64_reference_and_repeat_is_noop(cohort):
     assert run.status == "done" and run.tokens_done == ref.shape[0]
     assert run.params["rotation"] == "orthogonal" and run.params["rotation_seed"] == 3
     assert run.params["engine"]["precision"] == "fp32" and run.params["engine"]["n_tokens"] == ref.shape[0]
+    assert run.params["engine"]["partner_baseline"].startswith("max correlation with the reference's layers")
 
     # the same cohort + dataset again: nothing to do, nothing changes
     assert correlate(cohort, seed=3) is None
@@ -130,6 +137,16 @@ def test_stored_results_equal_float64_reference_and_repeat_is_noop(cohort):
 
     loose = queries.universal_neurons(engine, threshold=-1.0, cohort="tiny")
     assert loose.height == int(live_ref.sum())
+
+    # fp16 inputs (emulated on the CPU): the run records how many batches needed re-estimated
+    # scales and how many fell back to bf16
+    fp16 = correlate(cohort, seed=3, precision="fp16", force=True)
+    with engine.connect() as conn:
+        engine_params = conn.execute(sa.text("SELECT params FROM run WHERE id = :r"), {"r": fp16}).scalar()["engine"]
+    assert engine_params["precision"] == "fp16" and engine_params["fp16_fallback_batches"] == 0
+    assert engine_params["fp16_rescaled_batches"] >= 0
+    np.testing.assert_allclose(rows(engine, "neuron_universality", fp16)["excess"].to_numpy(), uni["excess"].to_numpy(),
+                               atol=2e-3)
 
 
 def test_interrupted_run_resumes_to_identical_rows_and_blocks_change_nothing(cohort):
