@@ -223,7 +223,12 @@ def test_sigkilled_run_resumes_to_identical_results(tiny_db, db_url, atlas_home,
     proc = subprocess.Popen(cmd + ["--batch-delay", "0.25"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     checkpoints = atlas_home / "checkpoints"
     deadline = time.monotonic() + 120
-    while not list(checkpoints.glob("stats-*.pt")):  # kill once a checkpoint exists, never on a fixed sleep
+    def progressed() -> bool:
+        with engine.connect() as conn:
+            return (conn.execute(sa.text("SELECT max(tokens_done) FROM run")).scalar() or 0) > 0
+
+    # kill once a checkpoint exists and the run reported progress, never after a fixed sleep
+    while not (list(checkpoints.glob("stats-*.pt")) and progressed()):
         assert proc.poll() is None, proc.stdout.read().decode()
         assert time.monotonic() < deadline, "no checkpoint was written within 120 s"
         time.sleep(0.05)
