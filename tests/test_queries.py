@@ -1,14 +1,12 @@
-"""The query layer against a real PostgreSQL holding the synthetic atlas (planted ground truth),
-the export path, and the examples of docs/queries.md."""
+"""The query layer against a real PostgreSQL holding the synthetic atlas (planted ground truth) and
+the export path. The examples of docs/queries.md are run by tests/test_docs_queries.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -17,9 +15,6 @@ import sqlalchemy as sa
 from atlas import export, queries as q
 from atlas.errors import AtlasError
 from tests.atlas_fixtures import HIST_EDGES, MODEL_NAMES, THE, VOCAB, build_synthetic_atlas
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture
 def atlas(engine):
@@ -262,39 +257,3 @@ def test_atlas_export_command(db_url, atlas, tmp_path):
     assert res.returncode != 0 and "query refused" in res.stderr and "Traceback" not in res.stderr
     res = run("neuron", "-p", "model=nope", "-p", "layer=0", "-p", "idx=0", "--out", str(tmp_path / "n.csv"))
     assert res.returncode != 0 and "no model 'nope'" in res.stderr
-
-
-# ---------------------------------------------------------------- the documentation runs
-
-def _blocks(language: str) -> list[str]:
-    text = (ROOT / "docs" / "queries.md").read_text()
-    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
-
-
-def _as_synthetic(code: str) -> str:
-    """The docs speak of the demo cohort; the test atlas is the synthetic one."""
-    return code.replace("demo-", "synth-").replace('"demo"', '"synth"').replace("'demo'", "'synth'")
-
-
-def test_docs_python_examples_run(engine, atlas):
-    blocks = _blocks("python")
-    assert len(blocks) >= 8
-    namespace = {"engine": engine}
-    for block in blocks:
-        exec(compile(_as_synthetic(block), "docs/queries.md", "exec"), namespace)  # noqa: S102 - our own docs
-
-
-def test_docs_sql_examples_run_as_the_reader(engine, atlas):
-    from atlas import readonly
-
-    url = readonly.ensure_reader(engine)
-    try:
-        blocks = _blocks("sql")
-        assert len(blocks) >= 6
-        for block in blocks:
-            result = readonly.run_sql(url, _as_synthetic(block))
-            assert result.frame.height > 0, block
-        for example in readonly.SQL_EXAMPLES.values():
-            assert readonly.run_sql(url, example).frame.height > 0, example
-    finally:
-        readonly.drop_reader(engine)
