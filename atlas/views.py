@@ -67,10 +67,12 @@ def _current(table: str) -> View:
         name=f"current_{table}",
         comment=f"{table} of current runs only (the newest done {kind} run of each subject, view latest_run); "
                 f"older runs: {table} WHERE run_id = …",
+        # ANY(ARRAY(...)) is computed once per query, so a join to this view on (model_id, layer,
+        # idx) stays an index probe; written as a join to latest_run, the planner hashes whole tables
         sql=f"""CREATE VIEW current_{table} AS
 SELECT x.*
 FROM {table} x
-JOIN latest_run r ON r.id = x.run_id""",
+WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = '{kind}'))""",
         columns=_about(table, *columns))
 
 

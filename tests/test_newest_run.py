@@ -195,6 +195,8 @@ def test_every_query_shows_the_newest_run_and_older_runs_stay_readable(engine, r
     assert q.label_counts(engine)["label"].str.ends_with("_v2").all()
     assert q.label_names(engine) == sorted(q.label_names(engine)) and all(x.endswith("_v2") for x in q.label_names(engine))
 
+    current = dict(q.runs(engine).select("run_id", "current").iter_rows())
+    assert not any(current[old[key]] for key in new) and all(current[i] for i in new.values())
     hits = q.neurons_for_token(engine, " the", match="exact", model="synth-a")
     assert hits["mean_act"].min() > SHIFT - 10
     assert q.top_examples(engine, "synth-a", *the, run_id=old["stats:synth-a"])["value"].max() < SHIFT

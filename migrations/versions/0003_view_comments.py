@@ -261,61 +261,61 @@ ORDER BY r.kind, r.model_id, r.cohort_id, r.finished_at DESC NULLS LAST, r.id DE
     ('current_activation_stats', None, '''CREATE VIEW current_activation_stats AS
 SELECT x.*
 FROM activation_stats x
-JOIN latest_run r ON r.id = x.run_id''',
+WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = 'stats'))''',
      'activation_stats of current runs only (the newest done stats run of each subject, view latest_run); older runs: activation_stats WHERE run_id = …',
      'activation_stats'),
     ('current_top_example', None, '''CREATE VIEW current_top_example AS
 SELECT x.*
 FROM top_example x
-JOIN latest_run r ON r.id = x.run_id''',
+WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = 'stats'))''',
      'top_example of current runs only (the newest done stats run of each subject, view latest_run); older runs: top_example WHERE run_id = …',
      'top_example'),
     ('current_token_activation', None, '''CREATE VIEW current_token_activation AS
 SELECT x.*
 FROM token_activation x
-JOIN latest_run r ON r.id = x.run_id''',
+WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = 'stats'))''',
      'token_activation of current runs only (the newest done stats run of each subject, view latest_run); older runs: token_activation WHERE run_id = …',
      'token_activation'),
     ('current_weight_stats', None, '''CREATE VIEW current_weight_stats AS
 SELECT x.*
 FROM weight_stats x
-JOIN latest_run r ON r.id = x.run_id''',
+WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = 'weights'))''',
      'weight_stats of current runs only (the newest done weights run of each subject, view latest_run); older runs: weight_stats WHERE run_id = …',
      'weight_stats'),
     ('current_pair_correlation', None, '''CREATE VIEW current_pair_correlation AS
 SELECT x.*
 FROM pair_correlation x
-JOIN latest_run r ON r.id = x.run_id''',
+WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = 'correlation'))''',
      'pair_correlation of current runs only (the newest done correlation run of each subject, view latest_run); older runs: pair_correlation WHERE run_id = …',
      'pair_correlation'),
     ('current_correlation_edge', None, '''CREATE VIEW current_correlation_edge AS
 SELECT x.*
 FROM correlation_edge x
-JOIN latest_run r ON r.id = x.run_id''',
+WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = 'correlation'))''',
      'correlation_edge of current runs only (the newest done correlation run of each subject, view latest_run); older runs: correlation_edge WHERE run_id = …',
      'correlation_edge'),
     ('current_neuron_universality', None, '''CREATE VIEW current_neuron_universality AS
 SELECT x.*
 FROM neuron_universality x
-JOIN latest_run r ON r.id = x.run_id''',
+WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = 'correlation'))''',
      'neuron_universality of current runs only (the newest done correlation run of each subject, view latest_run); older runs: neuron_universality WHERE run_id = …',
      'neuron_universality'),
     ('current_neuron_feature', None, '''CREATE VIEW current_neuron_feature AS
 SELECT x.*
 FROM neuron_feature x
-JOIN latest_run r ON r.id = x.run_id''',
+WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = 'classify'))''',
      'neuron_feature of current runs only (the newest done classify run of each subject, view latest_run); older runs: neuron_feature WHERE run_id = …',
      'neuron_feature'),
     ('current_neuron_label', None, '''CREATE VIEW current_neuron_label AS
 SELECT x.*
 FROM neuron_label x
-JOIN latest_run r ON r.id = x.run_id''',
+WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = 'classify'))''',
      'neuron_label of current runs only (the newest done classify run of each subject, view latest_run); older runs: neuron_label WHERE run_id = …',
      'neuron_label'),
     ('current_family', None, '''CREATE VIEW current_family AS
 SELECT x.*
 FROM family x
-JOIN latest_run r ON r.id = x.run_id''',
+WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = 'classify'))''',
      'family of current runs only (the newest done classify run of each subject, view latest_run); older runs: family WHERE run_id = …',
      'family'),
     ('neuron_overview', None, '''CREATE VIEW neuron_overview AS
