@@ -19,6 +19,11 @@ Every view and view column gets a COMMENT (table comments live in atlas/schema.p
 in psql and the UI's SQL page explain them. Migrations COPY the SQL they apply from here (a
 migration is frozen history; this module is the present): tests/test_views.py checks that a
 database migrated to head has exactly these views, functions and comments.
+
+Changing a table? ``latest_run`` and the ``current_<table>`` views select ``*``, which PostgreSQL
+expands when a view is created: a migration that adds a column to ``run`` or to a result table
+must also ``CREATE OR REPLACE VIEW`` the view over it (new columns go last, dependents stay) and
+COMMENT the new column, or tests/test_views.py fails.
 """
 
 from __future__ import annotations
