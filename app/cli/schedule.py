@@ -121,9 +121,9 @@ def queue_cmd(show_all: bool, limit: int) -> None:
     """The queue's jobs by state (todo, doing, stale = its worker stopped answering, failed, ...),
     with their step and worker, newest first."""
     from atlas import db as dbm
-    from atlas import pipeline_state
+    from atlas import queries
 
-    found = pipeline_state.queue_jobs(dbm.connect(), pending_only=not show_all, limit=limit)
+    found = queries.queue_jobs(dbm.connect(), pending_only=not show_all, limit=limit)
     if not found.height:
         click.echo("the queue is empty" + ("" if show_all else " of pending, running and failed steps "
                                                                "(--all shows finished ones)"))
