@@ -78,3 +78,68 @@ def test_two_processes_starting_the_embedded_server_share_one(tmp_path):
     finally:
         _atlas("db", "stop", env=env)
         subprocess.run(["rm", "-rf", str(home)])
+
+
+def _query(url: str, sql: str) -> str:
+    """Run ``sql`` at a libpq URL as the README does (psql), or through libpq from Python without psql."""
+    import shutil
+
+    if shutil.which("psql"):
+        res = subprocess.run(["psql", url, "-XAtc", sql], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip()
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        return "|".join(str(v) for v in conn.execute(sql).fetchone())
+
+
+@pytest.mark.slow
+def test_db_start_url_stop_lifecycle_of_the_embedded_server():
+    """`atlas db start`, `psql "$(atlas db url)"`, `atlas db stop`, in a private ATLAS_HOME."""
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="atlas-life-", dir="/tmp"))  # short: the unix socket lives in the data dir
+    env = {"ATLAS_HOME": str(home)}
+    pgdata = (home / "pg").resolve()
+    try:
+        assert _atlas("db", "stop", env=env).stdout.strip() == "embedded PostgreSQL was not running"
+        assert _atlas("db", "url", "--help", env=env).returncode == 0 and not (home / "pg").exists()
+
+        started = _atlas("db", "start", env=env)
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.startswith("database ready at postgresql") and str(home / "pg").replace("/", "%2F") in started.stdout
+        assert len(_postmasters(pgdata)) == 1
+        again = _atlas("db", "start", env=env)  # a running server is reused, not started twice
+        assert again.returncode == 0 and again.stdout == started.stdout and len(_postmasters(pgdata)) == 1
+
+        url = _atlas("db", "url", env=env).stdout.strip()
+        assert url.startswith("postgresql://") and "+psycopg" not in url  # libpq form, for psql
+        assert _query(url, "SELECT current_database()") == "atlas"
+        _query(url, "CREATE TABLE lifecycle_mark (x int); INSERT INTO lifecycle_mark VALUES (42)")
+
+        stopped = _atlas("db", "stop", env=env)
+        assert stopped.returncode == 0 and stopped.stdout.strip() == "embedded PostgreSQL stopped"
+        assert _postmasters(pgdata) == []
+        assert _atlas("db", "stop", env=env).stdout.strip() == "embedded PostgreSQL was not running"
+
+        # the data stays: the next start (here through `atlas db url`) serves it again
+        url = _atlas("db", "url", env=env).stdout.strip()
+        assert _query(url, "SELECT x FROM lifecycle_mark") == "42"
+    finally:
+        _atlas("db", "stop", env=env)
+        subprocess.run(["rm", "-rf", str(home)])
+
+
+def test_db_commands_leave_a_server_given_by_url_alone(pg_server):
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_server).set(database="postgres").render_as_string(hide_password=False)
+    env = {"ATLAS_DATABASE_URL": url}
+    stop = _atlas("db", "stop", env=env)
+    assert stop.returncode == 2 and "does not manage that server" in stop.stderr and "Traceback" not in stop.stderr
+    start = _atlas("db", "start", env=env)
+    assert start.returncode == 0 and start.stdout.startswith("database ready at postgresql")
+    # (printed redacted, a password would read `***`: a password-protected server needs --show-password)
+    shown = _atlas("db", "url", *(["--show-password"] if make_url(url).password else []), env=env).stdout.strip()
+    assert shown.startswith("postgresql://") and _query(shown, "SELECT current_database()") == "postgres"
