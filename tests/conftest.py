@@ -126,3 +126,11 @@ def _fresh_database(admin_url: str, template: str | None):
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             _drop_roles(conn, name)  # e.g. its reader, <name>_reader
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the tiny trained cohort trains it (on a fresh machine) and loads its models:
+    it is slow wherever it is, whether or not its file says so."""
+    for item in items:
+        if "tiny_cohort" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
