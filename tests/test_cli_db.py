@@ -59,27 +59,6 @@ def _postmasters(pgdata: Path) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.slow
-def test_two_processes_starting_the_embedded_server_share_one(tmp_path):
-    home = Path("/tmp") / f"atlas-cli-{os.getpid()}"  # short: the unix socket lives in the data dir
-    env = {"ATLAS_HOME": str(home)}
-    try:
-        procs = [subprocess.Popen([*ATLAS, "db", "upgrade"], env={**os.environ, **env}, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        results = [p.communicate(timeout=120) for p in procs]
-        assert all(p.returncode == 0 for p in procs), results
-        assert len(_postmasters((home / "pg").resolve())) == 1
-        status = _atlas("db", "status", env=env)
-        assert "embedded" in status.stdout and "up to date" in status.stdout
-        # data persists across a stop/start
-        assert "stopped" in _atlas("db", "stop", env=env).stdout
-        assert _postmasters((home / "pg").resolve()) == []
-        assert "up to date" in _atlas("db", "status", env=env).stdout
-    finally:
-        _atlas("db", "stop", env=env)
-        subprocess.run(["rm", "-rf", str(home)])
-
-
 def _query(url: str, sql: str) -> str:
     """Run ``sql`` at a libpq URL as the README does (psql), or through libpq from Python without psql."""
     import shutil
@@ -95,8 +74,9 @@ def _query(url: str, sql: str) -> str:
 
 
 @pytest.mark.slow
-def test_db_start_url_stop_lifecycle_of_the_embedded_server():
-    """`atlas db start`, `psql "$(atlas db url)"`, `atlas db stop`, in a private ATLAS_HOME."""
+def test_embedded_server_lifecycle_as_a_user_runs_it():
+    """In a private ATLAS_HOME: two processes starting the server at once share one; `atlas db
+    start`, `psql "$(atlas db url)"`, `atlas db stop`, and the data survives a stop/start."""
     import tempfile
 
     home = Path(tempfile.mkdtemp(prefix="atlas-life-", dir="/tmp"))  # short: the unix socket lives in the data dir
@@ -106,12 +86,18 @@ def test_db_start_url_stop_lifecycle_of_the_embedded_server():
         assert _atlas("db", "stop", env=env).stdout.strip() == "embedded PostgreSQL was not running"
         assert _atlas("db", "url", "--help", env=env).returncode == 0 and not (home / "pg").exists()
 
-        started = _atlas("db", "start", env=env)
-        assert started.returncode == 0, started.stderr
-        assert started.stdout.startswith("database ready at postgresql") and str(home / "pg").replace("/", "%2F") in started.stdout
+        procs = [subprocess.Popen([*ATLAS, "db", "upgrade"], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), results
         assert len(_postmasters(pgdata)) == 1
-        again = _atlas("db", "start", env=env)  # a running server is reused, not started twice
-        assert again.returncode == 0 and again.stdout == started.stdout and len(_postmasters(pgdata)) == 1
+        status = _atlas("db", "status", env=env)
+        assert "embedded" in status.stdout and "up to date" in status.stdout
+
+        started = _atlas("db", "start", env=env)  # a running server is reused, not started twice
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.startswith("database ready at postgresql") and str(pgdata).replace("/", "%2F") in started.stdout
+        assert len(_postmasters(pgdata)) == 1
 
         url = _atlas("db", "url", env=env).stdout.strip()
         assert url.startswith("postgresql://") and "+psycopg" not in url  # libpq form, for psql
@@ -123,9 +109,11 @@ def test_db_start_url_stop_lifecycle_of_the_embedded_server():
         assert _postmasters(pgdata) == []
         assert _atlas("db", "stop", env=env).stdout.strip() == "embedded PostgreSQL was not running"
 
-        # the data stays: the next start (here through `atlas db url`) serves it again
-        url = _atlas("db", "url", env=env).stdout.strip()
-        assert _query(url, "SELECT x FROM lifecycle_mark") == "42"
+        # the data stays: the next start serves it again
+        again = _atlas("db", "start", env=env)
+        assert again.returncode == 0 and again.stdout == started.stdout and len(_postmasters(pgdata)) == 1
+        assert _query(_atlas("db", "url", env=env).stdout.strip(), "SELECT x FROM lifecycle_mark") == "42"
+        assert "up to date" in _atlas("db", "status", env=env).stdout
     finally:
         _atlas("db", "stop", env=env)
         subprocess.run(["rm", "-rf", str(home)])
