@@ -192,7 +192,7 @@ def drain(*, concurrency: int = 1, name: str | None = None, poll_s: float = 1.0,
           conninfo: str | None = None) -> list[str]:
     """Run jobs until none is queued or running (with a manifest: until nothing is missing); retry
     dead workers' jobs meanwhile. Returns the steps whose newest job failed for good."""
-    from atlas import pipeline_state
+    from atlas import queries
     from atlas.db import connect
 
     async def drained() -> bool:
@@ -207,7 +207,7 @@ def drain(*, concurrency: int = 1, name: str | None = None, poll_s: float = 1.0,
     with app.replace_connector(connector(conninfo)) as bound:
         while not asyncio.run(drained()):
             time.sleep(poll_s)  # jobs are running elsewhere (or were just run): their successors may follow
-    jobs = pipeline_state.queue_jobs(connect(), current_only=True, limit=100_000)
+    jobs = queries.queue_jobs(connect(), current_only=True, limit=100_000)
     return sorted(jobs.filter(jobs["state"] == "failed")["step"].to_list()) if jobs.height else []
 
 

@@ -100,12 +100,28 @@ def to_bytes(frame: pl.DataFrame, fmt: Format) -> bytes:
     return buffer.getvalue()
 
 
+def check_destination(path: str | Path) -> Path:
+    """Refuse, before any query runs, a destination whose directory is missing or is not a directory
+    (never created silently) or that is itself a directory."""
+    path = Path(path)
+    parent = path.parent.resolve()
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise AtlasError(f"cannot write {path}: {parent} {what} — create the directory first, or choose another --out")
+    if path.is_dir():
+        raise AtlasError(f"cannot write {path}: it is a directory — give a file name ending in .parquet or .csv")
+    return path
+
+
 def write(frame: pl.DataFrame, path: str | Path, fmt: str | None = None) -> Path:
     """Write ``frame`` to ``path`` as Parquet or CSV (format from ``fmt`` or the suffix); return the path."""
-    path = Path(path)
+    path = check_destination(path)
     kind = infer_format(path, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(to_bytes(frame, kind))
+    data = to_bytes(frame, kind)
+    try:
+        path.write_bytes(data)
+    except OSError as err:
+        raise AtlasError(f"cannot write {path}: {err.strerror or err} — choose a writable --out path") from None
     return path
 
 

@@ -2,7 +2,12 @@
 
 ``ensure_reader(admin_engine)`` creates (or refreshes — it is idempotent) a login role that can
 only read: ``SELECT`` on the atlas tables and views of schema ``public``, nothing else, with
-``default_transaction_read_only = on`` and a ``statement_timeout``. Its name defaults to
+defaults ``default_transaction_read_only = on``, a ``statement_timeout``, an
+``idle_in_transaction_session_timeout`` and a ``lock_timeout``. In the atlas database it also
+closes what PUBLIC grants every role: TEMP tables and the advisory-lock functions (the runs'
+locks), so a reader can neither write anywhere, even with ``BEGIN READ WRITE``, nor block or fake a
+run. (A session may still raise its own ``statement_timeout``: PostgreSQL lets any session change
+it; the SQL page sets its own limit per statement.) Its name defaults to
 ``<database>_reader`` (``atlas_reader`` for the embedded ``atlas`` database): roles are global to
 a PostgreSQL cluster, so one per database keeps atlases on a shared server apart. Its password
 is ``ATLAS_READER_PASSWORD`` or derived from the admin password (so no secret is stored); with a
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import time
@@ -38,7 +44,17 @@ from sqlalchemy.engine import Engine, make_url
 
 from atlas.errors import AtlasError
 
+log = logging.getLogger("atlas.readonly")
+
 STATEMENT_TIMEOUT_MS = 10_000  # the reader's default per statement (the UI's own queries)
+IDLE_IN_TRANSACTION_MS = 60_000  # a reader session idle inside a transaction is ended
+LOCK_TIMEOUT_MS = 5_000  # a reader never queues behind a migration for long
+#: Advisory-lock functions that take a lock. Revoked from PUBLIC in the atlas database (granted back
+#: to the admin) so a reader can neither block a run (the runs' locks) nor fake a running one.
+ADVISORY_LOCKS = [f"{name}({args})" for name in (
+    "pg_advisory_lock", "pg_try_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock_shared",
+    "pg_advisory_xact_lock", "pg_try_advisory_xact_lock", "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_xact_lock_shared") for args in ("bigint", "integer, integer")]
 _ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -92,6 +108,9 @@ def ensure_reader(engine: Engine, role: str | None = None) -> str:
                 "PASSWORD {}").format(ident, sql.Literal(password)),
         sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident),
         sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(ident, sql.Literal(f"{STATEMENT_TIMEOUT_MS}ms")),
+        sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = {}").format(
+            ident, sql.Literal(f"{IDLE_IN_TRANSACTION_MS}ms")),
+        sql.SQL("ALTER ROLE {} SET lock_timeout = {}").format(ident, sql.Literal(f"{LOCK_TIMEOUT_MS}ms")),
         sql.SQL("ALTER ROLE {} SET search_path = public").format(ident),
         sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(sql.Identifier(database), ident),
         sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), ident),
@@ -115,6 +134,8 @@ def ensure_reader(engine: Engine, role: str | None = None) -> str:
                     raise AtlasError(f"the reader role {role} is the admin role — pick another ATLAS_READER_ROLE")
             for statement in statements:
                 raw.execute(statement)
+            for note in _close_public_doors(raw, database):
+                log.warning(note)
     except psycopg.errors.InsufficientPrivilege as err:
         raise AtlasError(
             f"cannot create the read-only role {role} ({str(err).strip().splitlines()[0]}) — connect as a role with "
@@ -126,6 +147,29 @@ def ensure_reader(engine: Engine, role: str | None = None) -> str:
                 "create it and set ATLAS_READER_URL") from err
         raise
     return reader_url(admin_url, role)
+
+
+def _close_public_doors(raw: psycopg.Connection, database: str) -> list[str]:
+    """What every role gets through PUBLIC and a reader must not have, in this database: TEMP tables
+    and advisory locks (kept for the admin running this). Needs the database's owner or a superuser;
+    returns a note for each door it could not close (each in its own savepoint)."""
+    me = sql.SQL("CURRENT_USER")
+    statements = [
+        (sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)),
+         sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(sql.Identifier(database), me)),
+        *[(sql.SQL(f"REVOKE EXECUTE ON FUNCTION pg_catalog.{f} FROM PUBLIC"),
+           sql.SQL(f"GRANT EXECUTE ON FUNCTION pg_catalog.{f} TO {{}}").format(me)) for f in ADVISORY_LOCKS],
+    ]
+    notes: list[str] = []
+    for revoke, grant in statements:
+        try:
+            with raw.transaction():
+                raw.execute(grant)
+                raw.execute(revoke)
+        except psycopg.errors.InsufficientPrivilege:
+            notes.append(f"could not run `{revoke.as_string(raw)}` (needs the database owner or a superuser): "
+                         "readers keep that privilege — ask a DBA to run it")
+    return notes
 
 
 def drop_reader(engine: Engine, role: str | None = None) -> None:

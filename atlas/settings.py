@@ -89,8 +89,25 @@ def _positive(name: str, default: float) -> float:
 
 
 def normalize_url(url: str) -> str:
-    """Return a SQLAlchemy URL that uses the psycopg 3 driver, whatever form the user gave."""
-    parsed = make_url(url)
+    """Return a SQLAlchemy URL that uses the psycopg 3 driver, whatever form the user gave.
+
+    Anything that is not a PostgreSQL URL is refused in one line (``sqlite:///x.db``, ``mysql://…``,
+    a port that is not a number, text that is no URL at all).
+    """
+    from atlas.errors import AtlasError
+
+    example = "postgresql://user:password@host:5432/database"
+    try:
+        parsed = make_url(url)
+        port = parsed.port  # parses the port: "host:notaport" fails here
+    except Exception as err:  # noqa: BLE001 - sqlalchemy raises ArgumentError/ValueError for malformed URLs
+        raise AtlasError(f"the database URL {redact(url)!r} cannot be read ({type(err).__name__}) — write it as "
+                         f"{example}, or unset ATLAS_DATABASE_URL to use the embedded database") from None
+    if not parsed.drivername.split("+")[0] in ("postgres", "postgresql"):
+        raise AtlasError(f"the database URL is for {parsed.drivername.split('+')[0]}, but the atlas needs PostgreSQL "
+                         f"— give {example}, or unset ATLAS_DATABASE_URL to use the embedded database")
+    if port is not None and not 0 < port < 65536:
+        raise AtlasError(f"the database URL's port {port} is out of range — write it as {example}")
     if parsed.drivername in ("postgres", "postgresql", "postgresql+psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)

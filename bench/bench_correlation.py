@@ -1,4 +1,4 @@
-"""Benchmark of the cross-seed correlation engine (ingest/math/correlation.py).
+"""Benchmark of the cross-seed correlation engine (ingest/math/correlation/).
 
     python -m bench.bench_correlation                      # CPU, a size that takes ~2 minutes
     python -m bench.bench_correlation --device cuda        # GPU: GPT2-small-shaped cohort

@@ -93,8 +93,10 @@ def classify_cohort(*, cohort: str, dataset: str, models: list[str]) -> None:
     """Label the neurons of ``models`` of ``cohort`` on ``dataset`` (families across their seeds)."""
     from atlas.ingest.runs.classify import ClassifyOptions, ClassifySubject, run_classify
 
+    # Every neuron is labelled: the atlas counts families among universal neurons at query time, where
+    # the excess threshold is a parameter (the paper's 0.5 by default), not baked into stored rows.
     run_classify(_engine(), ClassifySubject(cohort=cohort, models=tuple(models)), dataset,
-                 ClassifyOptions(device=_device(), progress=False))
+                 ClassifyOptions(device=_device(), progress=False, universal_only=False))
 
 
 STEPS = {task.name: task for task in (build_dataset, ingest_model, correlate_cohort, classify_cohort)}

@@ -1,22 +1,33 @@
-"""A small SYNTHETIC but schema-faithful atlas, written through the real write path.
+"""A small SYNTHETIC atlas with planted ground truth, written through the real write path.
 
 ``build_synthetic_atlas(engine)`` fills a migrated database with a tokenizer and vocabulary, a
 cohort of 3 models × 2 layers × 16 neurons, a token dataset, and done runs of every kind
-(``stats``, ``weights``, ``correlation``, ``classify``) whose result rows are computed — in float64
-numpy, no torch — from planted activations:
+(``stats``, ``weights``, ``correlation``, ``classify``). Every model has the same five *planted
+features*, at different (layer, idx) in each model: ``the`` (fires on ' the'), ``newline`` (fires on
+newlines), ``prev_the`` (fires after ' the'), ``position`` (grows with the position) and ``punct``
+(fires on punctuation); all other neurons are independent noise, and one neuron per model is dead
+(constant). In the reference model synth-a they sit at documented places: the (0, 3), newline
+(0, 7), prev_the (1, 2), position (1, 9), punct (0, 12).
 
-- every model has the same five *planted features*, at different (layer, idx) in each model:
-  ``the`` (fires on ' the'), ``newline`` (fires on newlines), ``prev_the`` (fires after ' the'),
-  ``position`` (grows with the position) and ``punct`` (fires on punctuation); all other neurons
-  are independent noise, and one neuron per model is dead (constant);
-- statistics, top examples, per-token activations, cross-seed correlations (with a random
-  orthogonal rotation baseline), variance-reduction features, labels and families are then
-  *computed* from those activations, so the planted neurons come out universal (excess > 0.5)
-  and everything else does not.
+What is computed and what is written by hand (tests must know which is which):
 
-Results are published with ``atlas.runs.begin_run``/``publish`` (COPY through
-``atlas.copy.copy_frame``), like real ingestion. ``include_unfinished`` adds a running and a failed
-run for the runs page. Used by the query, UI and security tests and by the docs test.
+- **computed** from the planted activations, in float64 numpy (no torch, not the ingestion code):
+  activation statistics and histograms, top examples, per-token activations, cross-seed
+  correlations with a random orthogonal rotation baseline (so the planted neurons come out
+  universal and nothing else does), and the variance-reduction features of ``neuron_feature``;
+- **random**: weight statistics (each model's "prediction" neuron gets three boosted tokens);
+- **written from the ground truth, not computed**: labels and families. Each planted neuron gets
+  its feature's label (score: its variance reduction), each model's prediction neuron the label
+  ``prediction``, and each feature one family of its three planted neurons. The classifier that
+  computes labels and families from real models is tested in test_families.py and
+  test_classify_run.py; here the rows only give the query layer something known to read.
+
+A query test may therefore assert planted positions, the stored data and the written label and
+family rows; re-checking a formula this fixture used to write a column (e.g. ``excess =
+mean_corr − mean_baseline``) would only test the fixture. Results are published with
+``atlas.runs.begin_run``/``publish`` (COPY through ``atlas.copy.copy_frame``), like real ingestion.
+``include_unfinished`` adds a running and a failed run for the runs page. Used by the query, docs,
+UI and security tests.
 """
 
 from __future__ import annotations
@@ -67,6 +78,10 @@ class SyntheticAtlas:
     @property
     def reference(self) -> str:
         return MODEL_NAMES[0]
+
+    def planted_in(self, model: str) -> set[tuple[int, int]]:
+        """The (layer, idx) of the five planted neurons of ``model``."""
+        return {where[model] for where in self.planted.values()}
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:

@@ -12,12 +12,46 @@ import sqlalchemy as sa
 import torch
 
 pytestmark = pytest.mark.slow
+CONTEXT = 32  # the tiny cohort's context length
 
 
-def _post(loaded, rows: torch.Tensor) -> np.ndarray:
-    from atlas.ingest.activations import mlp_activations
+def _post(checkpoint, rows: torch.Tensor) -> np.ndarray:
+    """float64 hook_post from plain transformers (not the code under test): [rows, ctx, L, d_mlp]."""
+    from tests.reference import hf_mlp_activations
 
-    return mlp_activations(loaded, rows, hooks=("post",))["post"].double().numpy()  # [rows, ctx, L, d_mlp]
+    return hf_mlp_activations(checkpoint, rows)["post"]
+
+
+def _feature_mask(name: str, vocab: list[str], special: set[int]) -> np.ndarray | None:
+    """The indicator over vocabulary ids (or positions) of a feature, built from its name as the
+    features docstring defines it (``token='x'``, ``word=w``, ``starts_with=c``, ``letter=c``,
+    ``leading_space``, ``capitalised``, ``position=p``, ``position in [lo,hi)``, ``position>=k``);
+    None for features without a one-line definition (topics, suffixes, …)."""
+    import ast
+    import re
+
+    words = ["" if i in special else t.strip() for i, t in enumerate(vocab)]
+    if name.startswith("token="):
+        text = ast.literal_eval(name[len("token="):])
+        return np.array([t == text for t in vocab])
+    if name.startswith("word="):
+        return np.array([w.lower() == name[len("word="):] for w in words])
+    if name.startswith("starts_with="):
+        return np.array([w[:1].lower() == name[-1] for w in words])
+    if name.startswith("letter="):
+        return np.array([w.lower() == name[-1] for w in words])
+    if name == "leading_space":
+        return np.array([i not in special and t.startswith(" ") and t.strip() != "" for i, t in enumerate(vocab)])
+    if name == "capitalised":
+        return np.array([w[:1].isupper() for w in words])
+    positions = np.arange(CONTEXT)
+    if m := re.fullmatch(r"position=(\d+)", name):
+        return positions == int(m[1])
+    if m := re.fullmatch(r"position in \[(\d+),(\d+)\)", name):
+        return (positions >= int(m[1])) & (positions < int(m[2]))
+    if m := re.fullmatch(r"position>=(\d+)", name):
+        return positions >= int(m[1])
+    return None
 
 
 def _store_correlation(engine, cohort_id: int, dataset_id: int, ids: list[int], posts: list[np.ndarray],
@@ -53,7 +87,6 @@ def _store_correlation(engine, cohort_id: int, dataset_id: int, ids: list[int], 
 
 @pytest.fixture
 def classified(engine, tiny_cohort, atlas_home):
-    from atlas.ingest.activations import kept_token_mask
     from atlas.ingest.runs.classify import ClassifyOptions, ClassifySubject, run_classify
     from atlas.ingest.models import load_model
     from atlas.ingest.store import register_model
@@ -65,13 +98,13 @@ def classified(engine, tiny_cohort, atlas_home):
         ids.append(register_model(engine, m, cohort="tiny", seed_label=label))
         loaded.append(m)
     rows = tiny_cohort.rows
-    keep = kept_token_mask(rows, tiny_cohort.filter_rule).numpy()
-    posts = [_post(m, rows) for m in loaded]
+    keep = ~np.isin(rows.numpy(), tiny_cohort.filter_rule["exclude_token_ids"])
+    posts = [_post(path, rows) for path in tiny_cohort.paths]
     with engine.connect() as conn:
         cohort_id = conn.execute(sa.text("SELECT id FROM cohort WHERE name = 'tiny'")).scalar_one()
     _store_correlation(engine, cohort_id, info.id, ids, posts, keep)
     messages: list[str] = []
-    config = ClassifyOptions(min_token_count=3, batch_size=32, device="cpu", log=messages.append)
+    config = ClassifyOptions(min_token_count=3, batch_size=32, device="cpu", universal_only=False, log=messages.append)
     run_id = run_classify(engine, ClassifySubject(cohort="tiny"), info.name, config).run_id
     return {"engine": engine, "info": info, "ids": ids, "loaded": loaded, "posts": posts, "keep": keep,
             "rows": rows, "run_id": run_id, "config": config, "messages": messages, "cohort": tiny_cohort}
@@ -97,6 +130,17 @@ def test_classify_stores_features_labels_families(classified):
     assert params["thresholds"]["unigram_vr"] == 0.5 and params["thresholds"]["alphabet_vr"] == 0.35
     assert params["models"] == [m.name for m in classified["loaded"]]
     assert "syntax" in params["result"] and params["result"]["n_labels"] == labels.height
+    # every label kind that was evaluated is listed, with 0 when it found nothing; the others say why
+    result = params["result"]
+    assert result["counted_among"] == "all neurons"
+    for label in ("unigram", "alphabet", "previous_token", "position", "semantic", "prediction", "suppression",
+                  "partition", "entropy", "entropy_candidate", "attention_deactivation", "attention_activation"):
+        assert label in result["label_counts"], label
+    assert 0 in result["label_counts"].values()
+    assert sum(result["label_counts"].values()) == labels.height
+    assert ("syntax" in result["label_counts"]) != ("syntax" in result["not_evaluated"])
+    assert set(result["label_counts"]) | set(result["not_evaluated"]) == set(
+        __import__("atlas.ingest.math.labels", fromlist=["LABELS"]).LABELS)
     assert {m for m, _ in n_feat} == set(ids)
     assert all(n <= 2 * 64 * classified["config"].top_k_features for _, n in n_feat)
     # labels carry evidence; the trained cohort has clear unigram neurons in every seed
@@ -127,7 +171,7 @@ def test_classify_stores_features_labels_families(classified):
     again = run_classify(engine, ClassifySubject(cohort="tiny"), classified["info"].name, classified["config"])
     assert again.status == "skipped" and again.run_id is None
     result = CliRunner().invoke(main, ["classify", "--cohort", "tiny", "--dataset", "tiny", "--min-token-count", "3",
-                                       "--batch-size", "32"])
+                                       "--batch-size", "32", "--all-neurons"])
     assert result.exit_code == 0, result.output
     assert "already done" in result.output
     with engine.connect() as conn:
@@ -140,19 +184,13 @@ def test_classify_stores_features_labels_families(classified):
 
 
 def test_stored_variance_reduction_matches_numpy(classified):
-    from atlas.ingest.math.features import frequent_token_ids, position_features, token_features
-
     engine, run_id = classified["engine"], classified["run_id"]
-    rows, keep, cfg = classified["rows"].numpy(), classified["keep"], classified["config"]
+    rows, keep = classified["rows"].numpy(), classified["keep"]
     loaded, ids, posts = classified["loaded"], classified["ids"], classified["posts"]
     tok = classified["cohort"].tokenizer
     vocab = [tok.decode([i]) for i in range(loaded[0].d_vocab)]
-    counts = torch.bincount(torch.from_numpy(rows[keep]), minlength=loaded[0].d_vocab).double()
-    special = [i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None]
-    tf = token_features(vocab, frequent_token_ids(counts, min_count=cfg.min_token_count,
-                                                  max_tokens=cfg.max_unigram_features, exclude=special),
-                        special_token_ids=special)
-    pf = position_features(rows.shape[1], n_exact=cfg.position_exact, n_buckets=cfg.position_buckets)
+    special = {i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None}
+    assert rows.shape[1] == CONTEXT
     prev = np.concatenate([np.full((rows.shape[0], 1), -1), rows[:, :-1]], 1)
     pos = np.broadcast_to(np.arange(rows.shape[1]), rows.shape)
     with engine.connect() as conn:
@@ -160,20 +198,37 @@ def test_stored_variance_reduction_matches_numpy(classified):
             "SELECT model_id, layer::int, idx, feature, on_previous, feature_kind, variance_reduction::float8 "
             "FROM neuron_feature WHERE run_id = :i AND rank <= 2 ORDER BY model_id, layer, idx, rank"),
             {"i": run_id}).all()
-    checked = 0
-    for model_id, layer, idx, feature, on_previous, kind, vr in stored[::7]:
+    checked: dict[str, int] = {}
+    for model_id, layer, idx, feature, on_previous, kind, vr in stored:
         a = posts[ids.index(model_id)][..., layer, idx][keep]
+        if kind == "syntax":  # a part-of-speech / dependency tag of the token (spaCy installed)
+            from atlas.ingest.syntax import load_pipeline, tag_names, tag_rows
+
+            if "tags" not in locals():
+                nlp = load_pipeline()
+                tags, names = tag_rows(torch.from_numpy(rows), vocab, nlp, special_token_ids=special), tag_names(nlp)
+            tag, value = feature.split("=", 1)
+            on = (tags[tag] == names[tag].index(value)).numpy()
+            on_prev = np.concatenate([np.zeros((rows.shape[0], 1), dtype=bool), on[:, :-1]], 1)
+            f = (on_prev if on_previous else on)[keep]
+            p1 = f.mean()
+            ref = (a.var() - ((1 - p1) * a[~f].var() + p1 * a[f].var())) / a.var()
+            assert vr == pytest.approx(ref, abs=2e-6), (feature, on_previous)
+            checked[kind] = checked.get(kind, 0) + 1
+            continue
+        mask = _feature_mask(feature, vocab, special)
+        if mask is None:
+            continue
         if kind == "position":
-            f = pf.matrix[:, pf.names.index(feature)].numpy()[pos[keep]]
+            f = mask[pos[keep]]
         else:
-            col = tf.matrix[:, tf.names.index(feature)].numpy()
             src = prev[keep] if on_previous else rows[keep]
-            f = np.where(src >= 0, col[np.maximum(src, 0)], False)
+            f = np.where(src >= 0, mask[np.maximum(src, 0)], False)
         p1 = f.mean()
         ref = (a.var() - ((1 - p1) * a[~f].var() + p1 * a[f].var())) / a.var()
-        assert vr == pytest.approx(ref, abs=2e-6)  # float4 column
-        checked += 1
-    assert checked >= 20
+        assert vr == pytest.approx(ref, abs=2e-6), (feature, on_previous)  # float4 column
+        checked[kind] = checked.get(kind, 0) + 1
+    assert sum(checked.values()) >= 20 and {"unigram", "alphabet", "class"} <= set(checked), checked
 
 
 def test_cli_errors_are_one_line(engine):
@@ -203,7 +258,8 @@ def test_killed_run_resumes_from_checkpoint(engine, tiny_cohort, atlas_home, tmp
     register_model(engine, load_model(str(tiny_cohort.paths[0])), cohort="pair", seed_label="a")
     register_model(engine, load_model(str(copy)), cohort="pair", seed_label="b")
     messages: list[str] = []
-    config = ClassifyOptions(min_token_count=3, batch_size=32, max_rows=64, device="cpu", log=messages.append)
+    config = ClassifyOptions(min_token_count=3, batch_size=32, max_rows=64, device="cpu", universal_only=False,
+                             log=messages.append)
 
     copy.rename(tmp_path / "gone")  # the second model's checkpoint disappears mid-run
     with pytest.raises(AtlasError, match="no model checkpoint directory"):
@@ -222,3 +278,38 @@ def test_killed_run_resumes_from_checkpoint(engine, tiny_cohort, atlas_home, tmp
         models = conn.execute(sa.text("SELECT DISTINCT model_id FROM neuron_feature WHERE run_id = :i"), {"i": run_id}).all()
     assert status == "done" and len(models) == 2
     assert not list((atlas_home / "checkpoints").glob(f"classify-*-run{run_id}-*.pt"))
+
+
+def test_families_are_counted_among_universal_neurons_by_default(engine, tiny_cohort, atlas_home):
+    """The paper explains and counts families among universal neurons (excess correlation above
+    the threshold); every other neuron gets no features and no labels. Without a correlation run
+    the default refuses with a one-line hint."""
+    from atlas.errors import AtlasError
+    from atlas.ingest.models import load_model
+    from atlas.ingest.runs.classify import ClassifyOptions, ClassifySubject, run_classify
+    from atlas.ingest.runs.correlate import CorrelateOptions, run_correlation
+    from atlas.ingest.store import register_model
+
+    info = tiny_cohort.store_dataset(engine)
+    for path, label in zip(tiny_cohort.paths, tiny_cohort.labels):
+        register_model(engine, load_model(str(path)), cohort="tiny", seed_label=label)
+    config = ClassifyOptions(min_token_count=3, batch_size=32, universal_threshold=0.05, device="cpu",
+                             log=lambda m: None)
+    with pytest.raises(AtlasError, match="run `atlas correlate` first, or pass --all-neurons"):
+        run_classify(engine, ClassifySubject(cohort="tiny"), info.name, config)
+    run_correlation(engine, "tiny", info.name, CorrelateOptions(device="cpu", progress=False, log=lambda m: None))
+    run_id = run_classify(engine, ClassifySubject(cohort="tiny"), info.name, config).run_id
+    with engine.connect() as conn:
+        universal = set(conn.execute(sa.text("""
+            SELECT model_id, layer::int, idx FROM neuron_universality WHERE excess > 0.05
+            UNION SELECT model_id, layer::int, idx FROM pair_correlation p
+            WHERE p.model_id <> (SELECT model_id FROM run WHERE kind = 'correlation') AND max_corr - baseline_max > 0.05
+        """)).all())
+        featured = set(conn.execute(sa.text("SELECT DISTINCT model_id, layer::int, idx FROM neuron_feature WHERE run_id = :r"),
+                                    {"r": run_id}).all())
+        labelled = set(conn.execute(sa.text("SELECT DISTINCT model_id, layer::int, idx FROM neuron_label WHERE run_id = :r"),
+                                    {"r": run_id}).all())
+        result = conn.execute(sa.text("SELECT params->'result' FROM run WHERE id = :r"), {"r": run_id}).scalar()
+    assert universal and featured and featured <= universal and labelled <= universal
+    assert len(universal) < 3 * 2 * 64  # a real subset
+    assert result["counted_among"] == "universal neurons (excess correlation > 0.05)"

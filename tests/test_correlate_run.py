@@ -27,19 +27,20 @@ TOL = 1e-4
 def cohort(engine, tiny_cohort, tmp_path, monkeypatch):
     """The tiny cohort registered as cohort "tiny", its held-out rows as dataset "tiny", and the
     float64 hook_post activations of every model at the kept positions."""
-    from atlas.ingest.activations import flatten_neurons, kept_token_mask, mlp_activations
     from atlas.ingest.models import load_model
     from atlas.ingest.store import register_model
+    from tests.reference import hf_mlp_activations
 
     monkeypatch.setenv("ATLAS_HOME", str(tmp_path))  # checkpoints go here
     info = tiny_cohort.store_dataset(engine)
     ids, posts = [], []
-    keep = kept_token_mask(tiny_cohort.rows, tiny_cohort.filter_rule).reshape(-1)
+    keep = ~np.isin(tiny_cohort.rows.numpy(), tiny_cohort.filter_rule["exclude_token_ids"]).reshape(-1)
+    n_neurons = tiny_cohort.config.n_layers * tiny_cohort.config.d_mlp
     for path, label in zip(tiny_cohort.paths, tiny_cohort.labels):
-        model = load_model(str(path))
-        ids.append(register_model(engine, model, cohort="tiny", seed_label=label))
-        post = mlp_activations(model, tiny_cohort.rows, hooks=("post",))["post"]
-        posts.append(flatten_neurons(post)[keep].double().numpy())
+        ids.append(register_model(engine, load_model(str(path)), cohort="tiny", seed_label=label))
+        # float64 hook_post from plain transformers (not the code under test); neuron = layer * d_mlp + idx
+        post = hf_mlp_activations(path, tiny_cohort.rows)["post"]
+        posts.append(post.reshape(-1, n_neurons)[keep])
     shape = (tiny_cohort.config.n_layers, tiny_cohort.config.d_mlp)
     return {"engine": engine, "info": info, "ids": ids, "posts": posts, "shape": shape, "home": tmp_path}
 
@@ -80,6 +81,8 @@ def test_stored_results_equal_float64_reference_and_repeat_is_noop(cohort):
     ref = posts[0]
     live_ref = ref.std(0) > 1e-6
     best, base = [], []
+    rot_ref = build_rotation(3, "orthogonal", 0, (n_layers, d_mlp), reference=True).numpy()
+    rotated_ref = np.einsum("ljk,tlk->tlj", rot_ref, ref.reshape(-1, n_layers, d_mlp)).reshape(-1, n)
     for m, pid in enumerate(ids[1:]):
         want = rho64(ref, posts[m + 1])
         rot = build_rotation(3, "orthogonal", m, (n_layers, d_mlp)).numpy()
@@ -101,6 +104,10 @@ def test_stored_results_equal_float64_reference_and_repeat_is_noop(cohort):
         live_p = posts[m + 1].std(0) > 1e-6
         np.testing.assert_allclose(back["max_corr"].to_numpy()[live_p],
                                    np.nanmax(np.nan_to_num(want, nan=-2), axis=0)[live_p], atol=TOL)
+        # ... and their baseline: best correlation with the REFERENCE's layers rotated at random
+        want_pbase = rho64(rotated_ref, posts[m + 1])
+        np.testing.assert_allclose(back["baseline_max"].to_numpy()[live_p],
+                                   np.nanmax(np.nan_to_num(want_pbase, nan=-2), axis=0)[live_p], atol=TOL)
         # edges: rank 1 is the best partner, ranks descend
         mine = edges.filter(pl.col("partner_model_id") == pid)
         assert mine["rank"].max() == 10
@@ -121,6 +128,7 @@ def test_stored_results_equal_float64_reference_and_repeat_is_noop(cohort):
     assert run.status == "done" and run.tokens_done == ref.shape[0]
     assert run.params["rotation"] == "orthogonal" and run.params["rotation_seed"] == 3
     assert run.params["engine"]["precision"] == "fp32" and run.params["engine"]["n_tokens"] == ref.shape[0]
+    assert run.params["engine"]["partner_baseline"].startswith("max correlation with the reference's layers")
 
     # the same cohort + dataset again: nothing to do, nothing changes
     assert correlate(cohort, seed=3) is None
@@ -130,6 +138,16 @@ def test_stored_results_equal_float64_reference_and_repeat_is_noop(cohort):
 
     loose = queries.universal_neurons(engine, threshold=-1.0, cohort="tiny")
     assert loose.height == int(live_ref.sum())
+
+    # fp16 inputs (emulated on the CPU): the run records how many batches needed re-estimated
+    # scales and how many fell back to bf16
+    fp16 = correlate(cohort, seed=3, precision="fp16", force=True)
+    with engine.connect() as conn:
+        engine_params = conn.execute(sa.text("SELECT params FROM run WHERE id = :r"), {"r": fp16}).scalar()["engine"]
+    assert engine_params["precision"] == "fp16" and engine_params["fp16_fallback_batches"] == 0
+    assert engine_params["fp16_rescaled_batches"] >= 0
+    np.testing.assert_allclose(rows(engine, "neuron_universality", fp16)["excess"].to_numpy(), uni["excess"].to_numpy(),
+                               atol=2e-3)
 
 
 def test_interrupted_run_resumes_to_identical_rows_and_blocks_change_nothing(cohort):
@@ -205,3 +223,22 @@ def test_cli_correlate_runs_and_repeats_as_noop(cohort, db_url):
     assert bad.returncode != 0 and "no cohort named nope" in bad.stderr and "Traceback" not in bad.stderr
     with cohort["engine"].connect() as conn:
         assert conn.execute(sa.text("SELECT max(rank) FROM correlation_edge")).scalar() == 5
+
+
+def test_cohort_with_differing_shapes_is_refused_unless_asked(cohort):
+    from atlas.errors import AtlasError
+
+    engine = cohort["engine"]
+    with engine.begin() as conn:
+        tok, cohort_id = conn.execute(sa.text("SELECT tokenizer_id, id FROM cohort WHERE name = 'tiny'")).one()
+        conn.execute(sa.text(
+            "INSERT INTO model (name, source, architecture, cohort_id, seed_label, n_layers, d_model, d_mlp, n_heads, "
+            "d_head, n_ctx, d_vocab, act_fn, tokenizer_id) VALUES ('wide-one', '/nowhere', 'GPT2LMHeadModel', :c, 'z', "
+            "1, 32, 256, 4, 8, 32, 384, 'gelu_new', :t)"), {"c": cohort_id, "t": tok})
+    with pytest.raises(AtlasError, match="differ in shape") as err:
+        correlate(cohort)
+    assert "wide-one 1×256" in str(err.value) and "--allow-mixed-shapes" in str(err.value)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM run WHERE kind = 'correlation'")).scalar() == 0
+    with pytest.raises(AtlasError, match="no model checkpoint directory"):  # allowed: it gets as far as loading
+        correlate(cohort, allow_mixed_shapes=True)

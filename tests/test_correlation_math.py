@@ -1,4 +1,4 @@
-"""The streaming correlation engine (ingest/math/correlation.py) against float64 references and planted truth.
+"""The streaming correlation engine (ingest/math/correlation/) against float64 references and planted truth.
 
 Fast, no database: every expectation is either a float64 two-pass numpy computation on the same
 activations or a ground truth planted in synthetic activations.
@@ -149,7 +149,66 @@ def test_analytic_baseline_equals_rotate_then_correlate(cohort, kind):
         got = acc.correlation_matrix(m, rotated=True).numpy()
         assert np.abs(got - want).max() <= TOL
         np.testing.assert_allclose(result.baseline_rho[m].numpy(), want.max(1), atol=TOL)
-        np.testing.assert_allclose(result.partner_baseline_rho[m].numpy(), want.max(0), atol=TOL)
+
+
+@pytest.mark.parametrize("kind", ["orthogonal", "gaussian_unit_rows"])
+def test_partner_side_baseline_rotates_the_reference_layers(cohort, kind):
+    """method.md §2: a partner neuron's baseline is its best correlation with the REFERENCE model's
+    layers rotated at random (the same analytic form, C_a within each reference layer), never a
+    column maximum of the rotated-partner matrix, whose columns are random directions."""
+    ref, partners, (ref_shape, *p_shapes), sizes = cohort
+    acc = run(CohortCorrelation(ref_shape, p_shapes, rotation=kind, rotation_seed=11), ref, partners, sizes)
+    result = acc.finalize()
+    rotated_ref = rotate(ref, build_rotation(11, kind, 0, ref_shape, reference=True))
+    for m, part in enumerate(partners):
+        want = rho_float64(rotated_ref, part.numpy()).max(0)
+        np.testing.assert_allclose(result.partner_baseline_rho[m].numpy(), want, atol=TOL)
+        column_max = rho_float64(ref.numpy(), rotate(part, build_rotation(11, kind, m, p_shapes[m]))).max(0)
+        assert np.abs(want - column_max).max() > 0.05  # the two quantities really differ here
+    # the reference rotations are their own: not any partner's
+    assert not torch.allclose(build_rotation(11, kind, 0, ref_shape, reference=True), build_rotation(11, kind, 0, ref_shape))
+
+
+def test_partner_side_baseline_survives_blocks_that_are_whole_reference_layers(cohort):
+    ref, partners, (ref_shape, *p_shapes), sizes = cohort
+    whole = run(CohortCorrelation(ref_shape, p_shapes, rotation_seed=2), ref, partners, sizes).finalize()
+    d = ref_shape[1]
+    blocks = [run(CohortCorrelation(ref_shape, p_shapes, rotation_seed=2, ref_slice=(s, s + d)), ref, partners, sizes)
+              .finalize() for s in range(0, ref_shape[0] * d, d)]
+    merged = combine_blocks(blocks)
+    for m in range(len(partners)):
+        np.testing.assert_allclose(merged.partner_baseline_rho[m].numpy(), whole.partner_baseline_rho[m].numpy(), atol=1e-6)
+    # a block that cuts a reference layer cannot rotate that layer: no number rather than a wrong one
+    cut = [run(CohortCorrelation(ref_shape, p_shapes, rotation_seed=2, ref_slice=(s, min(s + 20, 48))), ref, partners,
+               sizes).finalize() for s in range(0, 48, 20)]
+    assert torch.isnan(combine_blocks(cut).partner_baseline_rho[0]).all()
+
+
+def test_fp16_rescales_a_neuron_that_was_quiet_in_the_warm_up_batch():
+    """A neuron almost silent in the warm-up batch gets a huge scale; when it fires later, fp16
+    would overflow. The accumulator re-estimates that neuron's scale (rescaling what it has
+    accumulated, exactly: powers of two) instead of sending the batch in as bf16."""
+    gen = torch.Generator().manual_seed(9)
+    n_tokens = 20_000
+    ref, part = gelu_acts(gen, n_tokens, 32), gelu_acts(gen, n_tokens, 32)
+    part[:, 7] = ref[:, 2] * 0.8 + 0.2 * part[:, 7]
+    warm = 400
+    ref[:warm, 5] *= 1e-6  # quiet while the scales are estimated
+    part[:warm, 9] *= 1e-6
+    part[:, 9] += 0.5 * ref[:, 5]  # ... and correlated with each other afterwards
+    sizes = [warm] + [1960] * 10
+    acc = run(CohortCorrelation((2, 16), [(2, 16)], precision="fp16"), ref, [part], sizes)
+    assert acc.n_overflow_batches == 0, f"{acc.n_overflow_batches} of {acc.n_batches} batches fell back to bf16"
+    assert acc.n_rescaled_batches == 1
+    want = rho_float64(ref.numpy(), part.numpy())
+    assert np.abs(acc.correlation_matrix(0).numpy() - want).max() <= TOL
+    np.testing.assert_allclose(acc.finalize().partner_baseline_rho[0].numpy(),
+                               rho_float64(rotate(ref, build_rotation(0, "orthogonal", 0, (2, 16), reference=True)),
+                                           part.numpy()).max(0), atol=TOL)
+    # a checkpoint carries the re-estimated scales and the counts
+    resumed = CohortCorrelation((2, 16), [(2, 16)], precision="fp16")
+    resumed.load_state_dict(acc.state_dict())
+    assert resumed.n_rescaled_batches == 1 and torch.equal(resumed.inv_scale_ref, acc.inv_scale_ref)
 
 
 def test_rotations_are_seeded_and_of_the_right_kind():

@@ -9,10 +9,11 @@ import pytest
 import scipy.stats
 import torch
 
+from atlas.ingest.math.activation_sums import FeatureAccumulator
 from atlas.ingest.math.features import (
-    FeatureAccumulator, FeatureSet, bucket_edges, frequent_token_ids, neuron_table, position_features,
-    score_features, token_features, top_tokens,
+    FeatureSet, bucket_edges, frequent_token_ids, position_features, token_features,
 )
+from atlas.ingest.math.variance_reduction import neuron_table, score_features, top_tokens
 
 VOCAB = ["<|endoftext|>", " the", "the", " The", " NASA", " 1999", "1489", "2200", ",", " b", "running",
          " red", " green", " blue", "\n", " (", "ly", " unhappy", " 42", " x"]
@@ -163,24 +164,26 @@ def test_moments_mutual_information_and_top_tokens():
     for s in range(0, 20, 7):
         acc.update(torch.from_numpy(tokens[s:s + 7]), torch.from_numpy(acts[s:s + 7]),
                    torch.from_numpy(keep[s:s + 7]), pre=torch.from_numpy(pre[s:s + 7]))
-    a, m = acts[keep], pre[keep]
-    np.testing.assert_allclose(acc.kurtosis().numpy(), scipy.stats.kurtosis(m, axis=0, fisher=False), rtol=1e-9)
+    a = acts[keep]
+    # moments and firing over EVERY position (the paper's token set); VR sums over kept tokens
+    m_all, a_all = pre.reshape(-1, pre.shape[-1]), acts.reshape(-1, acts.shape[-1])
+    np.testing.assert_allclose(acc.kurtosis().numpy(), scipy.stats.kurtosis(m_all, axis=0, fisher=False), rtol=1e-9)
+    np.testing.assert_allclose(acc.firing_rate().numpy(), (a_all > 0).mean(0), rtol=1e-12)
     np.testing.assert_allclose(acc.variance().numpy(), a.var(0), rtol=1e-9)
     np.testing.assert_allclose(acc.mean().numpy(), a.mean(0), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(acc.act_max.numpy(), a.max(0))
 
-    # mutual information between firing and position bucket, from the joint distribution
-    edges = bucket_edges(tokens.shape[1], 4)
-    bucket = np.searchsorted(edges, pos[keep], side="right") - 1
-    mi = acc.position_mutual_information(4).numpy()
-    for i in range(a.shape[1]):
-        fire = a[:, i] > 0
+    # mutual information between firing and the exact position, from the joint distribution
+    position = pos.reshape(-1)
+    mi = acc.position_mutual_information().numpy()
+    for i in range(a_all.shape[1]):
+        fire = a_all[:, i] > 0
         ref = 0.0
-        for b in np.unique(bucket):
+        for p in np.unique(position):
             for f in (False, True):
-                pj = np.mean((bucket == b) & (fire == f))
+                pj = np.mean((position == p) & (fire == f))
                 if pj > 0:
-                    ref += pj * np.log(pj / (np.mean(bucket == b) * np.mean(fire == f)))
+                    ref += pj * np.log(pj / (np.mean(position == p) * np.mean(fire == f)))
         assert mi[i] == pytest.approx(ref, abs=1e-12)
     assert mi[2] > 5 * np.median(mi)  # the position ramp
 
@@ -214,7 +217,7 @@ def test_neuron_table_columns():
     table = neuron_table(3, acc, scores, VOCAB, min_count=1)
     assert table.height == acts.shape[-1]
     assert table["layer"].unique().to_list() == [3] and table["idx"].to_list() == list(range(acts.shape[-1]))
-    for c in ("best_feature", "cur_vr", "unigram_vr", "prev_vr", "pos_vr", "kurtosis", "position_mi", "top_tokens"):
+    for c in ("best_feature", "cur_vr", "alphabet_vr", "prev_vr", "pos_vr", "kurtosis", "position_mi", "top_tokens"):
         assert c in table.columns
     top = scores.top(4)
     assert top["rank"].to_list()[:4] == [1, 2, 3, 4]

@@ -1,14 +1,12 @@
-"""The query layer against a real PostgreSQL holding the synthetic atlas (planted ground truth),
-the export path, and the examples of docs/queries.md."""
+"""The query layer against a real PostgreSQL holding the synthetic atlas (planted ground truth) and
+the export path. The examples of docs/queries.md are run by tests/test_docs_queries.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -17,9 +15,6 @@ import sqlalchemy as sa
 from atlas import export, queries as q
 from atlas.errors import AtlasError
 from tests.atlas_fixtures import HIST_EDGES, MODEL_NAMES, THE, VOCAB, build_synthetic_atlas
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture
 def atlas(engine):
@@ -31,7 +26,13 @@ def test_neuron_record_matches_the_planted_truth(engine, atlas):
     rec = q.neuron(engine, "synth-a", layer, idx).row(0, named=True)
     assert rec["excess"] > 0.5 and rec["mean_corr"] > 0.9 and rec["labels"] == ["unigram"]
     assert rec["n_partners"] == 2 and rec["cohort"] == "synth" and rec["dataset"] == "synth-tokens"
-    assert rec["excess"] == pytest.approx(rec["mean_corr"] - rec["mean_baseline"], abs=1e-5)
+    # planted: hook_pre = 4 ± 0.25 on ' the', -2 ± 0.25 elsewhere, so hook_post > 0 exactly on ' the';
+    # the share of ' the' is counted here from the stored token rows, not from any statistic
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT tokens FROM dataset_row")).scalars().all()
+    the_share = sum(t == THE for row in rows for t in row) / (24 * 16)
+    assert 0.05 < the_share < 0.5 and rec["act_frequency"] == pytest.approx(the_share, abs=1e-12)
+    assert rec["mean"] == pytest.approx(-2 + 6 * the_share, abs=0.05) and rec["pre_max"] < 5.5 < rec["pre_max"] + 2
     hist = q.histogram(engine, "synth-a", layer, idx)
     assert hist.height == len(HIST_EDGES) - 1 and hist["count"].sum() == rec["n_tokens"] == 24 * 16
     assert hist["bin_lo"][0] == HIST_EDGES[0] and hist["bin_hi"][-1] == HIST_EDGES[-1]
@@ -79,6 +80,7 @@ def test_best_partners_find_the_planted_counterparts(engine, atlas):
         assert partners["other_model"].to_list() == ["synth-b", "synth-c"], feature
         for p in partners.iter_rows(named=True):
             assert (p["best_layer"], p["best_idx"]) == where[p["other_model"]], feature
+            # excess is computed by the best_partner view (the fixture writes only max_corr and baseline_max)
             assert p["max_corr"] > 0.9 and p["excess"] == pytest.approx(p["max_corr"] - p["baseline_max"], abs=1e-5)
         edges = q.partner_edges(engine, "synth-a", *where["synth-a"], k=3)
         first = edges.filter(pl.col("rank") == 1)
@@ -255,39 +257,3 @@ def test_atlas_export_command(db_url, atlas, tmp_path):
     assert res.returncode != 0 and "query refused" in res.stderr and "Traceback" not in res.stderr
     res = run("neuron", "-p", "model=nope", "-p", "layer=0", "-p", "idx=0", "--out", str(tmp_path / "n.csv"))
     assert res.returncode != 0 and "no model 'nope'" in res.stderr
-
-
-# ---------------------------------------------------------------- the documentation runs
-
-def _blocks(language: str) -> list[str]:
-    text = (ROOT / "docs" / "queries.md").read_text()
-    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
-
-
-def _as_synthetic(code: str) -> str:
-    """The docs speak of the demo cohort; the test atlas is the synthetic one."""
-    return code.replace("demo-", "synth-").replace('"demo"', '"synth"').replace("'demo'", "'synth'")
-
-
-def test_docs_python_examples_run(engine, atlas):
-    blocks = _blocks("python")
-    assert len(blocks) >= 8
-    namespace = {"engine": engine}
-    for block in blocks:
-        exec(compile(_as_synthetic(block), "docs/queries.md", "exec"), namespace)  # noqa: S102 - our own docs
-
-
-def test_docs_sql_examples_run_as_the_reader(engine, atlas):
-    from atlas import readonly
-
-    url = readonly.ensure_reader(engine)
-    try:
-        blocks = _blocks("sql")
-        assert len(blocks) >= 6
-        for block in blocks:
-            result = readonly.run_sql(url, _as_synthetic(block))
-            assert result.frame.height > 0, block
-        for example in readonly.SQL_EXAMPLES.values():
-            assert readonly.run_sql(url, example).frame.height > 0, example
-    finally:
-        readonly.drop_reader(engine)

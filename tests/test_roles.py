@@ -3,6 +3,7 @@ numpy/scipy computations, and on a GPT-2 whose weights plant each role in a know
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,9 +12,9 @@ import pytest
 import scipy.stats
 import torch
 
-from atlas.ingest.math.families import LabelThresholds
+from atlas.ingest.math.labels import LabelThresholds
 from atlas.ingest.math.roles import (
-    attention_deactivation, bos_keys, entropy_candidates, entropy_effect, entropy_intervention, role_table,
+    attention_deactivation, bos_keys, entropy_effect, entropy_intervention, mark_entropy_candidates, role_table,
     vocab_composition,
 )
 
@@ -68,19 +69,9 @@ def test_attention_deactivation_matches_numpy():
                     assert res.percentile[l, n, hl, h].item() == pytest.approx(np.mean(rand < w @ v))
     best = res.best()
     assert torch.isnan(best["z"][L - 1]).all()  # nothing after the last layer
-    z0 = res.z[0, 2].reshape(-1)
-    j = int(torch.nan_to_num(z0, nan=-math.inf).argmax())
+    s0 = res.score[0, 2].reshape(-1).abs()  # the paper ranks by |score|
+    j = int(torch.nan_to_num(s0, nan=-math.inf).argmax())
     assert (best["head_layer"][0, 2].item(), best["head"][0, 2].item()) == (j // H, j % H)
-
-
-def test_entropy_candidates_rule():
-    layer = torch.tensor([0, 0, 0, 3, 3, 3, 3, 3, 3])
-    norm = torch.tensor([5.0, 1.0, 1.0, 1.0, 1.1, 5.0, 5.0, 0.9, 1.2])
-    var_ratio = torch.tensor([0.01, 1.0, 1.0, 1.0, 1.0, 0.01, 2.0, 0.01, 1.0])
-    res = entropy_candidates(layer, norm, var_ratio, n_layers=4, min_depth=0.8, norm_ratio=2.0, max_var_ratio=0.5)
-    # layer 0 is too early; (3, 6) writes into the vocabulary; (3, 7) has an ordinary norm
-    assert res["candidate"].tolist() == [False, False, False, False, False, True, False, False, False]
-    assert res["norm_ratio"][5].item() == pytest.approx(5.0 / 1.15)  # median of layer 3: 1.15
 
 
 def _frame(values, entropy, scale, base=(2.0, 1.0)):
@@ -124,15 +115,17 @@ def test_planted_roles_are_found_exactly(planted):
     k_bos = bos_keys(bridge, 0)
     assert k_bos.shape == (2, 2, 64)
     att = attention_deactivation(bridge.W_out, bridge.W_Q, k_bos)
-    table = role_table(bridge.W_out, bridge.W_U, VOCAB, min_depth=t.entropy_min_depth, norm_ratio=t.entropy_norm_ratio,
-                       max_var_ratio=t.entropy_var_ratio, attention=att)
+    table = role_table(bridge.W_out, bridge.W_U, VOCAB, W_in=bridge.W_in, attention=att)
     assert table.height == 2 * 16
     k, s = pl.col("vocab_kurtosis"), pl.col("vocab_skew")
     assert _labelled(table, (k > t.prediction_kurtosis) & (s > 0)) == p.truth["prediction"]
     assert _labelled(table, (k > t.suppression_kurtosis) & (s < 0)) == p.truth["suppression"]
-    assert _labelled(table, (pl.col("vocab_var_ratio") >= t.partition_var_ratio) & (k <= t.prediction_kurtosis)) == p.truth["partition"]
-    assert _labelled(table, pl.col("entropy_candidate")) == p.truth["entropy"]
-    assert _labelled(table, pl.col("attn_z") >= t.attention_z) == p.truth["attention_deactivation"]
+    assert _labelled(table, (pl.col("vocab_var") > t.partition_vocab_var)
+                     & (pl.col("vocab_var_ratio") >= t.partition_min_var_ratio)) == p.truth["partition"]
+    # weights only here: an activation kurtosis of 3 (Gaussian) lets the weight filters decide
+    marked = mark_entropy_candidates(table.with_columns(pl.lit(3.0).alias("kurtosis")), t, n_layers=2)
+    assert _labelled(marked, pl.col("entropy_candidate")) == p.truth["entropy"]
+    assert _labelled(table, pl.col("attn_z").abs() >= t.attention_z) == p.truth["attention_deactivation"]
     row = table.filter((pl.col("layer") == 0) & (pl.col("idx") == 4)).row(0, named=True)
     assert (row["attn_head_layer"], row["attn_head"]) == (1, 0) and row["attn_percentile"] == 1.0
     pred = table.filter((pl.col("layer") == 1) & (pl.col("idx") == 1)).row(0, named=True)
@@ -166,3 +159,81 @@ def test_entropy_intervention_confirms_only_the_entropy_neuron(planted):
     other = entropy_effect(entropy_intervention(bridge, p.tokens[:16], 1, 7, values, keep=p.keep[:16]),
                            min_relative_change=t.entropy_min_relative_change)
     assert not other["confirmed"]
+
+
+# ---------------------------------------------------------------- the paper's definitions (issue 10)
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def test_attention_scores_rank_by_raw_effect_and_keep_the_sign():
+    """Paper: score = ŵ_outᵀ W_Q k_BOS / sqrt(d_head), the raw effect (not a cosine), neurons ranked
+    by |score| with the sign kept: positive switches the head off (deactivation), negative on."""
+    from atlas.ingest.math.labels import label_neurons
+
+    rng = np.random.default_rng(5)
+    L, N, H, d_model, d_head = 3, 4, 2, 64, 8
+    W_Q = rng.normal(size=(L, H, d_model, d_head))
+    k_bos = rng.normal(size=(L, H, d_head))
+    qdir = np.einsum("lhdk,lhk->lhd", W_Q, k_bos) / np.sqrt(d_head)
+    for (hl, h), norm in {(1, 0): 10.0, (1, 1): 1.0, (2, 0): 3.0, (2, 1): 3.0}.items():
+        W_Q[hl, h] *= norm / np.linalg.norm(qdir[hl, h])
+    qdir = np.einsum("lhdk,lhk->lhd", W_Q, k_bos) / np.sqrt(d_head)
+    W_out = rng.normal(size=(L, N, d_model))
+    W_out[0, 0] = -_unit(qdir[2, 1]) + 0.01 * rng.normal(size=d_model)  # pulls head L2H1 off BOS
+    W_out[0, 1] = _unit(qdir[1, 0])  # pushes head L1H0 onto BOS
+    W_out[0, 2] = _unit(qdir[1, 0]) * 0.7 + _unit(qdir[1, 1]) * 0.75  # most cosine on L1H1, most effect on L1H0
+    res = attention_deactivation(torch.from_numpy(W_out), torch.from_numpy(W_Q), torch.from_numpy(k_bos), n_random=2000)
+    best = res.best()
+    for n in range(N):
+        w = _unit(W_out[0, n])
+        raw = {(hl, h): float(w @ qdir[hl, h]) for hl in (1, 2) for h in range(H)}
+        head = max(raw, key=lambda k: abs(raw[k]))
+        assert (best["head_layer"][0, n].item(), best["head"][0, n].item()) == head
+        assert best["score"][0, n].item() == pytest.approx(raw[head], rel=1e-9)
+    w2 = _unit(W_out[0, 2])
+    cos = {k: float(w2 @ _unit(qdir[k])) for k in ((1, 0), (1, 1))}
+    assert cos[(1, 1)] > cos[(1, 0)]  # a cosine ranking would pick the other head
+
+    W_U = rng.normal(size=(d_model, 30))
+    table = role_table(torch.from_numpy(W_out), torch.from_numpy(W_U), [str(i) for i in range(30)],
+                       W_in=torch.from_numpy(rng.normal(size=(L, d_model, N))), attention=res)
+    labels = label_neurons(table.with_columns(pl.lit(1).alias("model_id"), pl.lit(1.0).alias("kurtosis")))
+    att = {r["idx"]: r for r in labels.filter((pl.col("layer") == 0) & pl.col("label").str.starts_with("attention"))
+           .iter_rows(named=True)}
+    assert att[0]["label"] == "attention_activation" and att[0]["family_key"] == "L2H1"
+    assert json.loads(att[0]["evidence"])["sign"] == -1 and json.loads(att[0]["evidence"])["score"] < 0
+    assert att[1]["label"] == "attention_deactivation" and att[1]["family_key"] == "L1H0"
+    assert att[2]["family_key"] == "L1H0"
+    assert 3 not in att
+
+
+def test_entropy_candidates_use_the_papers_weight_filters():
+    """Paper: last-layer neurons with a large weight-decay penalty ‖w_in‖² + ‖w_out‖², tiny
+    vocabulary variance, vocab kurtosis ≤ 10 and activation kurtosis ≤ 10 (then the intervention)."""
+    from atlas.ingest.math.labels import LabelThresholds
+    from atlas.ingest.math.roles import mark_entropy_candidates
+
+    rng = np.random.default_rng(2)
+    L, N, d_model, d_vocab = 2, 12, 32, 200
+    W_U = np.zeros((d_model, d_vocab))
+    W_U[:30] = rng.normal(size=(30, d_vocab))  # dimension 31 is read by no token, 30 by token 7 alone
+    W_U[:, 7] = 0.0
+    W_U[30, 7] = 5.0
+    null = np.eye(d_model)[31]
+    W_in = rng.normal(size=(L, d_model, N)) / np.sqrt(d_model)
+    W_out = rng.normal(size=(L, N, d_model)) / np.sqrt(d_model)
+    W_in[1, :, 0] *= 4.0  # large input norm, ordinary output norm, writes the null direction
+    W_out[1, 0] = null * np.linalg.norm(W_out[1, 1])
+    W_out[1, 1] = null * 4.0  # large output norm along the null direction: the classic case
+    W_out[1, 2] = null * 4.0 + np.eye(d_model)[30] * 0.3  # also boosts token 7 alone: vocab kurtosis ≫ 10
+    W_out[1, 3] = null * 4.0  # like 1, but its activation is heavy-tailed (kurtosis 40)
+    table = role_table(torch.from_numpy(W_out), torch.from_numpy(W_U), [str(i) for i in range(d_vocab)],
+                       W_in=torch.from_numpy(W_in))
+    row = table.filter((pl.col("layer") == 1) & (pl.col("idx") == 0)).row(0, named=True)
+    assert row["l2_penalty"] == pytest.approx(np.linalg.norm(W_in[1, :, 0]) ** 2 + np.linalg.norm(W_out[1, 0]) ** 2)
+    kurt = [40.0 if (l, i) == (1, 3) else 3.0 for l in range(L) for i in range(N)]
+    marked = mark_entropy_candidates(table.with_columns(pl.Series("kurtosis", kurt)), LabelThresholds(), n_layers=L)
+    cands = {(r["layer"], r["idx"]) for r in marked.filter(pl.col("entropy_candidate")).iter_rows(named=True)}
+    assert cands == {(1, 0), (1, 1)}

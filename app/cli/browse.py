@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from atlas.app.cli import main
 from atlas.errors import AtlasError
-import sys
 
 
 @main.command()
@@ -78,11 +80,13 @@ def export_cmd(query: str, sql_text: str | None, params: tuple[str, ...], fmt: s
     from atlas import export, readonly
 
     kind = export.infer_format(out, fmt)
+    export.check_destination(out)
     engine = dbm.connect()
     if query == "sql":
         if not sql_text:
             raise AtlasError('`atlas export sql` needs the query: atlas export sql "SELECT ..." --out FILE')
-        result = readonly.run_sql(readonly.ensure_reader(engine), sql_text, row_cap=10**9, timeout_ms=600_000)
+        reader = os.environ.get("ATLAS_READER_URL") or readonly.ensure_reader(engine)
+        result = readonly.run_sql(reader, sql_text, row_cap=10**9, timeout_ms=600_000)
         frame = result.frame
     else:
         if sql_text:

@@ -183,7 +183,8 @@ def correlate_cmd(cohort, dataset_name, reference, rotation, seed, top_k, device
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Use only the first rows of the dataset.")
 @click.option("--min-token-count", default=5, type=click.IntRange(min=1), show_default=True, help="Occurrences a token needs to be a unigram feature.")
 @click.option("--top-k", default=5, type=click.IntRange(min=1), show_default=True, help="Best features stored per neuron.")
-@click.option("--universal-only", is_flag=True, help="Label only universal neurons (needs a correlation run).")
+@click.option("--universal-only/--all-neurons", default=True, show_default=True,
+              help="Label universal neurons only (the paper; needs a correlation run) or every neuron.")
 @click.option("--universal-threshold", default=0.5, show_default=True, help="Excess correlation for --universal-only.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
               help="Override a labelling threshold, e.g. unigram_vr=0.6 (see README, Families and roles).")

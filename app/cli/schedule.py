@@ -56,6 +56,7 @@ def _logging(debug: bool) -> None:
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler.setFormatter(logging.Formatter(fmt) if debug else _OneLine(fmt))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # schema checks before every step
 
 
 @main.command()
@@ -96,6 +97,7 @@ def worker(ctx: click.Context, manifest: str | None, device: str | None, concurr
         os.environ["ATLAS_MANIFEST"] = str(click.format_filename(manifest))
     if device:
         os.environ["ATLAS_DEVICE"] = device
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # worker logs: one line per event, no bars
     name = name or f"{socket.gethostname()}:{os.getpid()}"
     _logging(ctx.obj.get("debug", False))
     mode = "until idle" if until_idle else "Ctrl-C to stop"
@@ -119,9 +121,9 @@ def queue_cmd(show_all: bool, limit: int) -> None:
     """The queue's jobs by state (todo, doing, stale = its worker stopped answering, failed, ...),
     with their step and worker, newest first."""
     from atlas import db as dbm
-    from atlas import pipeline_state
+    from atlas import queries
 
-    found = pipeline_state.queue_jobs(dbm.connect(), pending_only=not show_all, limit=limit)
+    found = queries.queue_jobs(dbm.connect(), pending_only=not show_all, limit=limit)
     if not found.height:
         click.echo("the queue is empty" + ("" if show_all else " of pending, running and failed steps "
                                                                "(--all shows finished ones)"))

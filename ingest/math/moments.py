@@ -18,6 +18,9 @@ and mergeable/resumable (``state_dict`` / ``load_state_dict``):
 Shapes: a batch is ``pre, post: [n_tokens, n_neurons] float32`` (flat neuron = layer * d_mlp + idx),
 ``token_ids: [n_tokens] int64`` and ``token_index: [n_tokens] int64`` (row_idx * context_length + position).
 Statistics that are undefined (no tokens; zero variance for skew/kurtosis) are NaN, stored as NULL.
+
+One module (a little over 400 lines) on purpose: the accumulators of one statistics pass, read
+together with ``NeuronStatsAccumulator`` that combines them.
 """
 
 from __future__ import annotations

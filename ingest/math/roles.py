@@ -7,11 +7,13 @@ Weights are TransformerLens-processed (LayerNorm folded, writing weights and W_U
 
 - vocabulary composition z_v = cos(w_out, W_U[:, v]): its moments give prediction (kurtosis high,
   skew > 0), suppression (kurtosis high, skew < 0) and partition (variance high) neurons;
-- entropy candidates: large ‖w_out‖ with tiny composition variance in the last layers, confirmed
-  by :func:`entropy_intervention` (fix the activation, watch next-token entropy and the final
-  LayerNorm scale);
-- attention deactivation: score = ŵ_outᵀ W_Q^{(l,h)} k_BOS^{(l,h)} / sqrt(d_head) for heads in
-  later layers, as a z-score against random unit vectors in place of ŵ_out.
+- entropy candidates (:func:`mark_entropy_candidates`, the paper's filters): last-layer neurons
+  with a large weight-decay penalty ‖w_in‖² + ‖w_out‖², tiny composition variance, vocab kurtosis
+  and activation kurtosis ≤ 10; confirmed by :func:`entropy_intervention` (fix the activation,
+  watch next-token entropy and the final LayerNorm scale);
+- attention (de)activation: score = ŵ_outᵀ W_Q^{(l,h)} k_BOS^{(l,h)} / sqrt(d_head) for heads in
+  later layers, the raw effect; per neuron the head of largest |score|, with its sign and a
+  z-score against random unit vectors in place of ŵ_out.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Sequence
 
 import polars as pl
 import torch
+
+from atlas.ingest.math.labels import LabelThresholds
 
 
 @dataclass
@@ -92,8 +96,9 @@ def bos_keys(model, bos_token_id: int) -> torch.Tensor:
 @dataclass
 class AttentionScores:
     """``score``/``z``/``percentile``: ``[n_layers, d_mlp, n_layers, n_heads]`` (neuron layer,
-    neuron, head layer, head); NaN for heads not after the neuron's layer. ``z`` = (score − mean
-    of random) / std of random, ``percentile`` = share of random unit vectors scoring below."""
+    neuron, head layer, head); NaN for heads not after the neuron's layer. ``score`` is the raw
+    effect (positive: pushes the head's query onto the BOS key, switching the head off), ``z`` =
+    (score − mean of random) / std of random, ``percentile`` = share of random unit vectors scoring below."""
 
     score: torch.Tensor
     z: torch.Tensor
@@ -102,16 +107,18 @@ class AttentionScores:
     seed: int
 
     def best(self) -> dict[str, torch.Tensor]:
-        """Per neuron the head with the largest z: ``z``, ``score``, ``percentile``,
-        ``head_layer``, ``head`` each ``[n_layers, d_mlp]`` (z NaN when no later head)."""
-        L, N, HL, H = self.z.shape
-        flat = self.z.reshape(L, N, HL * H)
-        filled = torch.nan_to_num(flat, nan=-math.inf)
-        zmax, arg = filled.max(-1)
-        zmax = torch.where(torch.isfinite(zmax), zmax, torch.full_like(zmax, math.nan))
+        """Per neuron the head with the largest |score| (the paper's ranking; the sign is kept):
+        ``score``, ``z``, ``percentile``, ``head_layer``, ``head`` each ``[n_layers, d_mlp]``
+        (NaN when no later head)."""
+        L, N, HL, H = self.score.shape
+        flat = self.score.reshape(L, N, HL * H)
+        filled = torch.nan_to_num(flat.abs(), nan=-math.inf)
+        top, arg = filled.max(-1)
+        none = ~torch.isfinite(top)
         gather = lambda t: t.reshape(L, N, HL * H).gather(-1, arg[..., None]).squeeze(-1)  # noqa: E731
-        return {"z": zmax, "score": gather(self.score), "percentile": gather(self.percentile),
-                "head_layer": arg // H, "head": arg % H}
+        nan = torch.full_like(top, math.nan)
+        return {"score": torch.where(none, nan, gather(self.score)), "z": torch.where(none, nan, gather(self.z)),
+                "percentile": torch.where(none, nan, gather(self.percentile)), "head_layer": arg // H, "head": arg % H}
 
 
 @torch.no_grad()
@@ -149,20 +156,24 @@ def attention_deactivation(W_out: torch.Tensor, W_Q: torch.Tensor, k_bos: torch.
 
 # ---------------------------------------------------------------- entropy neurons
 
-def entropy_candidates(layer: torch.Tensor, w_out_norm: torch.Tensor, vocab_var_ratio: torch.Tensor, *,
-                       n_layers: int, min_depth: float, norm_ratio: float, max_var_ratio: float) -> dict[str, torch.Tensor]:
-    """Entropy-neuron candidates among neurons given as flat ``[n]`` tensors: layer depth
-    ``layer/(n_layers−1) ≥ min_depth``, ``‖w_out‖ ≥ norm_ratio ×`` its layer's median and
-    composition variance ``≤ max_var_ratio ×`` a random direction's. Returns ``candidate`` (bool)
-    and ``norm_ratio`` (‖w_out‖ / layer median), each ``[n]``."""
-    layer, w_out_norm, vocab_var_ratio = layer.long().cpu(), w_out_norm.cpu(), vocab_var_ratio.cpu()
-    ratio = torch.empty_like(w_out_norm, dtype=torch.float64)
-    for l in layer.unique():
-        m = layer == l
-        ratio[m] = w_out_norm[m].double() / torch.quantile(w_out_norm[m].double(), 0.5).clamp_min(1e-300)
-    depth = layer.double() / max(n_layers - 1, 1)
-    cand = (depth >= min_depth) & (ratio >= norm_ratio) & (torch.nan_to_num(vocab_var_ratio.double(), nan=math.inf) <= max_var_ratio)
-    return {"candidate": cand, "norm_ratio": ratio}
+def mark_entropy_candidates(table: pl.DataFrame, thresholds: LabelThresholds, *, n_layers: int) -> pl.DataFrame:
+    """Add ``entropy_candidate`` (bool) to a per-neuron table with ``layer``, ``l2_penalty``,
+    ``l2_ratio`` (penalty / its layer's median), ``vocab_var_ratio``, ``vocab_kurtosis`` and
+    ``kurtosis`` (activation): the paper's filters — last layers, large weight-decay penalty,
+    tiny vocabulary variance, vocab kurtosis ≤ 10, activation kurtosis ≤ 10. A NaN vocab
+    kurtosis (an output that no token reads: zero variance) passes; a missing column fails."""
+    t = thresholds
+    depth = pl.col("layer").cast(pl.Float64) / max(n_layers - 1, 1)
+
+    def col(name: str) -> pl.Expr:
+        return pl.col(name).cast(pl.Float64).fill_nan(None) if name in table.columns else pl.lit(None, dtype=pl.Float64)
+
+    cand = ((depth >= t.entropy_min_depth)
+            & (col("l2_ratio") >= t.entropy_l2_ratio) & (col("l2_penalty") >= t.entropy_min_l2_penalty)
+            & (col("vocab_var_ratio").fill_null(math.inf) <= t.entropy_var_ratio)
+            & (col("vocab_kurtosis").fill_null(-math.inf) <= t.entropy_max_vocab_kurtosis)
+            & (col("kurtosis") <= t.entropy_max_kurtosis))
+    return table.with_columns(cand.fill_null(False).alias("entropy_candidate"))
 
 
 @torch.no_grad()
@@ -237,18 +248,17 @@ def entropy_effect(frame: pl.DataFrame, *, min_relative_change: float) -> dict:
     }
 
 
-def role_table(W_out: torch.Tensor, W_U: torch.Tensor, vocab: Sequence[str], *, min_depth: float,
-               norm_ratio: float, max_var_ratio: float, attention: AttentionScores | None = None) -> pl.DataFrame:
+def role_table(W_out: torch.Tensor, W_U: torch.Tensor, vocab: Sequence[str], *, W_in: torch.Tensor | None = None,
+               attention: AttentionScores | None = None) -> pl.DataFrame:
     """One row per neuron (``layer``, ``idx``) with what the labelling rules read from weights:
     ``w_out_norm``, ``vocab_mean/var/skew/kurtosis``, ``vocab_var_ratio``, ``top_token_text``,
-    ``bottom_token_text``, ``entropy_candidate``, ``entropy_norm_ratio`` and, with ``attention``,
-    ``attn_z``, ``attn_score``, ``attn_percentile``, ``attn_head_layer``, ``attn_head``.
-    ``W_out: [n_layers, d_mlp, d_model]``."""
+    ``bottom_token_text``; with ``W_in`` ``w_in_norm``, ``l2_penalty`` = ‖w_in‖² + ‖w_out‖² (the
+    weight-decay penalty) and ``l2_ratio`` (to its layer's median); with ``attention``
+    ``attn_score``, ``attn_z``, ``attn_percentile``, ``attn_head_layer``, ``attn_head`` (the head
+    of largest |score|). ``W_out: [n_layers, d_mlp, d_model]``, ``W_in: [n_layers, d_model, d_mlp]``."""
     L, N, _ = W_out.shape
     comp = vocab_composition(W_out.reshape(L * N, -1), W_U)
     layer = torch.arange(L).repeat_interleave(N)
-    ent = entropy_candidates(layer, comp.norm, comp.var_ratio, n_layers=L, min_depth=min_depth,
-                             norm_ratio=norm_ratio, max_var_ratio=max_var_ratio)
 
     def floats(t: torch.Tensor) -> list[float | None]:
         return [None if not math.isfinite(x) else x for x in t.double().tolist()]
@@ -260,12 +270,16 @@ def role_table(W_out: torch.Tensor, W_U: torch.Tensor, vocab: Sequence[str], *, 
         "vocab_var_ratio": floats(comp.var_ratio),
         "top_token_text": [vocab[i] if i < len(vocab) else str(i) for i in comp.top_token.tolist()],
         "bottom_token_text": [vocab[i] if i < len(vocab) else str(i) for i in comp.bottom_token.tolist()],
-        "entropy_candidate": ent["candidate"].tolist(), "entropy_norm_ratio": floats(ent["norm_ratio"]),
     }
     schema = {"layer": pl.Int64, "idx": pl.Int64, "w_out_norm": pl.Float64, "vocab_mean": pl.Float64,
               "vocab_var": pl.Float64, "vocab_skew": pl.Float64, "vocab_kurtosis": pl.Float64,
-              "vocab_var_ratio": pl.Float64, "top_token_text": pl.Utf8, "bottom_token_text": pl.Utf8,
-              "entropy_candidate": pl.Boolean, "entropy_norm_ratio": pl.Float64}
+              "vocab_var_ratio": pl.Float64, "top_token_text": pl.Utf8, "bottom_token_text": pl.Utf8}
+    if W_in is not None:
+        w_in_norm = W_in.detach().to(torch.float64).cpu().norm(dim=1).reshape(-1)  # [L * N]
+        l2 = w_in_norm.square() + comp.norm.square()
+        median = l2.view(L, N).quantile(0.5, dim=1).clamp_min(1e-300).repeat_interleave(N)
+        cols.update({"w_in_norm": floats(w_in_norm), "l2_penalty": floats(l2), "l2_ratio": floats(l2 / median)})
+        schema.update({"w_in_norm": pl.Float64, "l2_penalty": pl.Float64, "l2_ratio": pl.Float64})
     if attention is not None:
         best = attention.best()
         cols.update({"attn_z": floats(best["z"].reshape(-1)), "attn_score": floats(best["score"].reshape(-1)),

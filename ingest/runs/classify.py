@@ -2,14 +2,21 @@
 
 ``run_classify(engine, ClassifySubject(cohort=... | models=[...]), dataset, options)`` streams the dataset once through every
 model, accumulating per-token-id / per-previous-token-id / per-position sums of ``hook_post``
-(``atlas.ingest.math.features.FeatureAccumulator``, one per layer; moments of ``hook_pre`` for kurtosis),
+(``atlas.ingest.math.activation_sums.FeatureAccumulator``, one per layer; moments of ``hook_pre`` for kurtosis),
 then per model:
 
 - scores every token feature on the current and the previous token and every position feature
   (variance reduction) and keeps each neuron's best ``top_k_features``;
 - computes the weight roles (vocabulary composition, entropy candidates, BOS-attention scores) on
   the processed weights, and runs the entropy intervention for the candidates;
-- labels the neurons (``atlas.ingest.math.families.label_neurons``).
+- labels the neurons (``atlas.ingest.math.labels.label_neurons``).
+
+By default only universal neurons are labelled (excess correlation > ``universal_threshold`` in a
+finished correlation run on the same dataset), as the paper counts families among universal
+neurons; ``universal_only=False`` (CLI ``--all-neurons``) labels every neuron. With the ``syntax``
+extra installed, part-of-speech and dependency tags of every token (``atlas.ingest.syntax``) are
+features too. The run's result summary lists every label that was evaluated, with count 0 when
+it found nothing, and why any label was not evaluated.
 
 Then it groups labelled neurons into families: within each model, and across seeds through the
 partner edges of the cohort's finished correlation runs on the same dataset (when there are any).
@@ -22,6 +29,7 @@ progress are checkpointed.
 from __future__ import annotations
 
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -33,11 +41,15 @@ from sqlalchemy.engine import Engine
 from atlas.errors import AtlasError
 from atlas.ingest.activations import kept_token_mask, mlp_activations
 from atlas.ingest.checkpoint import Checkpoint
-from atlas.ingest.math.families import LabelThresholds, build_families, label_neurons, syntax_status
-from atlas.ingest.math.features import (
-    FeatureAccumulator, frequent_token_ids, neuron_table, position_features, score_features, token_features,
+from atlas.ingest.math.activation_sums import FeatureAccumulator
+from atlas.ingest.math.families import build_families
+from atlas.ingest.math.features import frequent_token_ids, position_features, token_features
+from atlas.ingest.math.labels import LABELS, LabelThresholds, evaluated_labels, label_neurons
+from atlas.ingest.math.roles import (
+    attention_deactivation, bos_keys, entropy_effect, entropy_intervention, mark_entropy_candidates, role_table,
 )
-from atlas.ingest.math.roles import attention_deactivation, bos_keys, entropy_effect, entropy_intervention, role_table
+from atlas.ingest.math.variance_reduction import neuron_table, score_features
+from atlas.ingest.syntax import syntax_status, tag_dataset
 from atlas.ingest.models import load_model, resolve_device
 from atlas.ingest.runs.common import PROGRESS_EVERY_S, RunOptions, RunOutcome
 from atlas.ingest.store import (
@@ -61,15 +73,15 @@ class ClassifyOptions(RunOptions):
     max_unigram_features: int = 2000
     position_exact: int = 8
     position_buckets: int = 16
-    mi_buckets: int = 32
     top_tokens: int = 20
     entropy_rows: int = 32  # dataset rows the entropy intervention runs on
     entropy_values: int = 5  # fixed activations from 0 to entropy_scale × the neuron's max
     entropy_scale: float = 2.0
     attention_random: int = 2048
     seed: int = 0
-    universal_only: bool = False  # label only neurons with excess > universal_threshold (large cohorts)
+    universal_only: bool = True  # the paper: families among universal neurons (excess > universal_threshold)
     universal_threshold: float = 0.5
+    syntax: bool = True  # part-of-speech / dependency features when spaCy and an English pipeline are installed
     checkpoint_every: int = 200  # batches between accumulator checkpoints
 
     def params(self) -> dict[str, Any]:
@@ -126,7 +138,10 @@ def run_classify(engine: Engine, subject: ClassifySubject, dataset: DatasetInfo 
         special = special_token_ids(engine, info.tokenizer_id)
         bos = special.get("bos") if special.get("bos") is not None else special.get("eos")
         syntax_ok, syntax_message = syntax_status()
+        if syntax_ok and not config.syntax:
+            syntax_ok, syntax_message = False, "syntax labels not computed: turned off for this run"
         log(f"classify: {syntax_message}")
+        tags = tag_dataset(engine, info, n_rows, vocab, special, log) if syntax_ok else None
         checkpoint = Checkpoint.for_run(run, models=[r.revision for r in rows], dataset=info.content_hash, warn=log)
         state = (checkpoint.load() if config.resume else checkpoint.discard()) or {}
         done: dict[str, dict[str, bytes]] = state.get("done", {})
@@ -137,8 +152,9 @@ def run_classify(engine: Engine, subject: ClassifySubject, dataset: DatasetInfo 
                 continue
             t0 = time.time()
             result = _classify_model(engine, run, checkpoint, r, info, n_rows, vocab, special, bos, config, device,
-                                     state, tokens_done, log)
-            done[r.name] = {k: _to_ipc(v) for k, v in result.items()}
+                                     state, tokens_done, log, tags)
+            done[r.name] = {k: _to_ipc(v) for k, v in result.items() if k != "evaluated"}
+            done[r.name]["evaluated"] = json.dumps(result["evaluated"])
             state = {"done": done}
             checkpoint.save(state)
             tokens_done += n_rows * info.context_length
@@ -152,10 +168,17 @@ def run_classify(engine: Engine, subject: ClassifySubject, dataset: DatasetInfo 
         t = config.thresholds
         families, members = build_families(labels, edges, min_rho=t.family_min_rho, min_members=t.family_min_members,
                                            n_models_total=len(rows))
+        evaluated = set().union(*(set(json.loads(done[r.name]["evaluated"])) for r in rows))
+        found = {k: int(v) for k, v in labels.group_by("label").len().iter_rows()}
+        not_evaluated = {label: _why_not_evaluated(label, syntax_message, bos) for label in LABELS if label not in evaluated}
         summary = {
             "syntax": syntax_message, "n_labels": labels.height, "n_families": families.height,
             "n_partner_edges": 0 if edges is None else edges.height,
-            "label_counts": {k: int(v) for k, v in labels.group_by("label").len().iter_rows()},
+            "counted_among": (f"universal neurons (excess correlation > {config.universal_threshold})"
+                              if config.universal_only else "all neurons"),
+            # every evaluated label, 0 when it found nothing; the others with the reason
+            "label_counts": {label: found.get(label, 0) for label in LABELS if label in evaluated},
+            "not_evaluated": not_evaluated,
         }
         run.publish(classify_writer(run.id, features, labels, families, members, summary))
         checkpoint.discard()
@@ -168,7 +191,7 @@ def run_classify(engine: Engine, subject: ClassifySubject, dataset: DatasetInfo 
 
 def _classify_model(engine: Engine, run, checkpoint: Checkpoint, row: ModelRecord, info, n_rows: int,
                     vocab: list[str], special: dict, bos: int | None, config: ClassifyOptions, device: str,
-                    state: dict, tokens_done: int, log) -> dict[str, pl.DataFrame]:
+                    state: dict, tokens_done: int, log, tags: dict | None) -> dict[str, Any]:
     loaded = load_model(row.source, device, name=row.name)
     if loaded.n_layers != row.n_layers or loaded.d_mlp != row.d_mlp:
         raise AtlasError(f"the checkpoint at {row.source} no longer matches model {row.name} in the atlas "
@@ -186,7 +209,8 @@ def _classify_model(engine: Engine, run, checkpoint: Checkpoint, row: ModelRecor
         start = int(partial["next_row"])
         log(f"classify: {row.name}: resuming at row {start}")
     else:
-        accs = [FeatureAccumulator(len(c), d_vocab, ctx, device=device) for c in cols]
+        tag_sizes = {k: len(v) for k, v in tags["names"].items()} if tags else None
+        accs = [FeatureAccumulator(len(c), d_vocab, ctx, device=device, tag_sizes=tag_sizes) for c in cols]
         counts = torch.zeros(d_vocab, dtype=torch.float64, device=device)  # kept tokens per id
         start = 0
     dev_cols = [c.to(device) for c in cols]
@@ -199,10 +223,11 @@ def _classify_model(engine: Engine, run, checkpoint: Checkpoint, row: ModelRecor
         keep = kept_token_mask(tokens, info.filter_rule)
         counts += torch.bincount(tokens[keep].to(device), minlength=d_vocab)[:d_vocab].to(counts.dtype)
         acts = mlp_activations(loaded, tokens, hooks=("pre", "post"))
+        batch_tags = {k: v[first:first + tokens.shape[0]] for k, v in tags["ids"].items()} if tags else None
         for l in range(L):
             if len(cols[l]):
                 accs[l].update(tokens, acts["post"][:, :, l].index_select(-1, dev_cols[l]), keep,
-                               pre=acts["pre"][:, :, l].index_select(-1, dev_cols[l]))
+                               pre=acts["pre"][:, :, l].index_select(-1, dev_cols[l]), tags=batch_tags)
         batches += 1
         next_row = first + tokens.shape[0]
         if batches % config.checkpoint_every == 0:
@@ -224,13 +249,12 @@ def _classify_model(engine: Engine, run, checkpoint: Checkpoint, row: ModelRecor
     for l in range(L):
         if not len(cols[l]):
             continue
-        scores = score_features(accs[l], tf, pf)
+        scores = score_features(accs[l], tf, pf, tag_names=tags["names"] if tags else None)
         idx_map = pl.Series("idx", cols[l].tolist(), dtype=pl.Int64)
         top = scores.top(config.top_k_features)
         tops.append(top.with_columns(pl.lit(l, dtype=pl.Int64).alias("layer"),
                                      idx_map.gather(top["neuron"]).alias("idx")).drop("neuron"))
-        table = neuron_table(l, accs[l], scores, vocab, mi_buckets=config.mi_buckets, top_k=config.top_tokens,
-                             min_count=config.min_token_count)
+        table = neuron_table(l, accs[l], scores, vocab, top_k=config.top_tokens, min_count=config.min_token_count)
         tables.append(table.with_columns(idx_map.gather(table["idx"]).alias("idx")))
 
     t = config.thresholds
@@ -240,10 +264,9 @@ def _classify_model(engine: Engine, run, checkpoint: Checkpoint, row: ModelRecor
     if bos is not None and L > 1:
         att = attention_deactivation(W_out, bridge.W_Q.detach(), bos_keys(bridge, bos),
                                      n_random=config.attention_random, seed=config.seed)
-    roles = role_table(W_out, W_U, vocab, min_depth=t.entropy_min_depth, norm_ratio=t.entropy_norm_ratio,
-                       max_var_ratio=t.entropy_var_ratio, attention=att)
+    roles = role_table(W_out, W_U, vocab, W_in=bridge.W_in.detach(), attention=att)
     table = pl.concat(tables, how="vertical").join(roles, on=["layer", "idx"], how="left") if tables else roles.head(0)
-    table = table.with_columns(pl.lit(row.id, dtype=pl.Int64).alias("model_id"))
+    table = mark_entropy_candidates(table.with_columns(pl.lit(row.id, dtype=pl.Int64).alias("model_id")), t, n_layers=L)
 
     effects: dict[tuple, dict] = {}
     candidates = table.filter(pl.col("entropy_candidate").fill_null(False))
@@ -263,7 +286,17 @@ def _classify_model(engine: Engine, run, checkpoint: Checkpoint, row: ModelRecor
     features = features.with_columns(pl.lit(row.id, dtype=pl.Int64).alias("model_id")).select(
         "model_id", "layer", "idx", "rank", "feature", "feature_kind", "on_previous", "variance_reduction")
     del loaded, bridge
-    return {"features": features, "labels": labels}
+    return {"features": features, "labels": labels, "evaluated": evaluated_labels(table.columns)}
+
+
+def _why_not_evaluated(label: str, syntax_message: str, bos: int | None) -> str:
+    if label == "syntax" and "not computed" in syntax_message:
+        return syntax_message
+    if label.startswith("attention"):
+        return "needs a BOS token and at least two layers" if bos is not None else "the tokenizer has no BOS token"
+    if label.startswith("entropy"):
+        return "no neuron was classified"
+    return "no neuron was classified (no universal neurons?)"
 
 
 # ---------------------------------------------------------------- helpers

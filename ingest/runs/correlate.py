@@ -153,6 +153,12 @@ def run_correlation(engine: Engine, cohort: str, dataset: str, options: Correlat
             "precision": used_precision,
             "device": device, "blocks": len(state["blocks"]), "buffered": state["buffered"],
             "n_tokens": result.n_tokens, "batch_rows": rows_per_batch, "top_k_stored": result.top_k,
+            # batches whose fp16 overflow re-estimated some neurons' scales / that went in as bf16
+            "fp16_rescaled_batches": state["fp16_rescaled_batches"],
+            "fp16_fallback_batches": state["fp16_fallback_batches"],
+            "partner_baseline": ("max correlation with the reference's layers rotated at random"
+                                 if result.partner_baseline_computed else
+                                 "not computed: a reference layer did not fit the device in one block (NULL)"),
         }}
         run.publish(frames_writer(run.id, frames, provenance))
         checkpoint.discard()
@@ -176,9 +182,10 @@ def _stream(run, checkpoint: Checkpoint, loaded: list, ref: ModelRecord, partner
     if state is None:
         plan, rows_per_batch = _plan(device, ref.n_neurons, partner_shapes, info.context_length, rows_per_batch,
                                      adapt=options.batch_size is None, budget_bytes=options.budget_bytes,
-                                     block_size=options.block_size)
+                                     block_size=options.block_size, ref_d_mlp=ref.d_mlp)
         state = {"blocks": [list(b) for b in plan.blocks], "buffered": plan.buffered, "block": 0,
-                 "next_row": 0, "tokens_done": 0, "acc": None, "results": [], "batch_rows": rows_per_batch}
+                 "next_row": 0, "tokens_done": 0, "acc": None, "results": [], "batch_rows": rows_per_batch,
+                 "fp16_rescaled_batches": 0, "fp16_fallback_batches": 0}
     elif options.batch_size is None:
         rows_per_batch = int(state.get("batch_rows", rows_per_batch))
     blocks = [tuple(b) for b in state["blocks"]]
@@ -217,6 +224,8 @@ def _stream(run, checkpoint: Checkpoint, loaded: list, ref: ModelRecord, partner
                 if options.on_batch is not None:
                     options.on_batch(state["tokens_done"])
             results.append(acc.finalize(options.top_k))
+            state["fp16_rescaled_batches"] += acc.n_rescaled_batches
+            state["fp16_fallback_batches"] += acc.n_overflow_batches
             state["next_row"] = 0
             if b + 1 < len(blocks):  # a finished block is never streamed again
                 checkpoint.save(_checkpoint_state(state, None, results, b + 1))
@@ -227,7 +236,7 @@ def _stream(run, checkpoint: Checkpoint, loaded: list, ref: ModelRecord, partner
 # ---------------------------------------------------------------- helpers
 
 def _plan(device: str, n_ref: int, partner_shapes: list[tuple[int, int]], context_length: int, rows: int, *,
-          adapt: bool, budget_bytes: int | None, block_size: int | None):
+          adapt: bool, budget_bytes: int | None, block_size: int | None, ref_d_mlp: int | None = None):
     """Reference blocks for the device's memory, and the batch rows to stream with.
 
     A smaller batch leaves more memory to the accumulators: when the default batch would force an
@@ -239,7 +248,7 @@ def _plan(device: str, n_ref: int, partner_shapes: list[tuple[int, int]], contex
             reserve = batch_workspace_bytes(r * context_length, n_ref, [l * d for l, d in partner_shapes], in_bytes=4,
                                             store_bytes=2 if device.startswith("cuda") else 4) + (2 << 30)
             budget = default_budget_bytes(device, reserve_bytes=reserve)
-        return plan_ref_blocks(n_ref, partner_shapes, budget_bytes=budget, max_block=block_size)
+        return plan_ref_blocks(n_ref, partner_shapes, budget_bytes=budget, max_block=block_size, layer_size=ref_d_mlp)
 
     best = plan_for(rows)
     if adapt:
@@ -284,6 +293,7 @@ def _checkpoint_state(state: dict[str, Any], acc: CohortCorrelation | None, resu
     return {
         "blocks": state["blocks"], "buffered": state["buffered"], "block": block, "next_row": state["next_row"],
         "tokens_done": state["tokens_done"], "batch_rows": state.get("batch_rows"),
+        "fp16_rescaled_batches": state["fp16_rescaled_batches"], "fp16_fallback_batches": state["fp16_fallback_batches"],
         "acc": acc.state_dict() if acc is not None else None,
         "results": [_result_to_state(r) for r in results],
     }

@@ -243,8 +243,8 @@ def universal_neurons(engine: Engine, model_id: int, dataset_id: int, threshold:
         if not got:
             any_corr = conn.execute(sa.text(_NEWEST_CORRELATIONS + " LIMIT 1"), {"d": dataset_id}).first()
             if any_corr is None:
-                raise AtlasError("--universal-only needs a finished correlation run on this dataset — run "
-                                 "`atlas correlate` first")
+                raise AtlasError("classify labels universal neurons by default and needs a finished correlation run "
+                                 "on this dataset — run `atlas correlate` first, or pass --all-neurons")
     subset: dict[int, list[int]] = {}
     for layer, idx in got:
         subset.setdefault(int(layer), []).append(int(idx))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from atlas import pipeline_state, queries
+from atlas import queries
 from atlas.ui import common
 
 common.page_header("Runs", "Every computation is a run: kind, subject, state, progress, timings, error. "
@@ -46,7 +46,7 @@ def runs_panel() -> None:
 
 def queue_panel() -> None:
     """Scheduled steps that are pending, running, stale (worker silent) or failed."""
-    jobs = pipeline_state.queue_jobs(eng, pending_only=True, limit=200)
+    jobs = queries.queue_jobs(eng, pending_only=True, limit=200)
     if jobs.height == 0:
         return
     st.subheader("Queue")
