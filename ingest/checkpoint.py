@@ -12,8 +12,16 @@ Typical use inside a run::
 
     ckpt = Checkpoint.for_run(run, models=[loaded.revision], dataset=info.content_hash)
     state = ckpt.load() if resume else ckpt.discard()   # dict or None
+    schedule = CheckpointSchedule(min_tokens=20_000_000)
     ...
-    ckpt.save({"next_row": 128, "accumulators": acc.state_dict()})
+    schedule.advance(kept_tokens)
+    if schedule.due(payload_bytes(acc.state_dict())):
+        ckpt.save({"next_row": 128, "accumulators": acc.state_dict()}, schedule)
+
+``CheckpointSchedule`` keeps checkpoints from costing more than a set share of the run's time
+(default 5 %): it times every save and allows the next one only once the run has been going long
+enough to pay for it. At paper scale a correlation checkpoint is ~48 GB of float64 totals, whose
+write takes tens of seconds (bench/bench_checkpoint.py measures the rate and projects the cost).
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -109,8 +118,10 @@ class Checkpoint:
             return None
         return payload["state"]
 
-    def save(self, state: dict[str, Any]) -> None:
-        """Atomically replace the checkpoint with ``state`` (tensors, numbers, strings, lists, dicts)."""
+    def save(self, state: dict[str, Any], schedule: CheckpointSchedule | None = None) -> float:
+        """Atomically replace the checkpoint with ``state`` (tensors, numbers, strings, lists, dicts);
+        returns the seconds it took (also told to ``schedule``)."""
+        t0 = time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
         with open(tmp, "wb") as handle:
@@ -118,6 +129,10 @@ class Checkpoint:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
+        seconds = time.monotonic() - t0
+        if schedule is not None:
+            schedule.saved(seconds, self.path.stat().st_size)
+        return seconds
 
     def discard(self) -> None:
         """Remove this run's checkpoint (after publishing, or to start over). Returns None."""
@@ -134,3 +149,69 @@ class Checkpoint:
                 self._warn(f"checkpoint {other.name} of run {self.identity.run_id} was made with other parameters "
                            "or another code version; not resuming from it")
                 other.unlink(missing_ok=True)
+
+
+def payload_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint payload: what a save writes, give or take its headers."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(payload_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(payload_bytes(v) for v in obj)
+    return 0
+
+
+@dataclass
+class CheckpointSchedule:
+    """When a streaming run should checkpoint: after at least ``min_tokens`` tokens since the last
+    save, and only if writing would keep all saves within ``max_overhead`` of the run's time so far.
+
+    Each save is timed (``saved``); the next one's cost is predicted from the measured write rate
+    (``assumed_rate`` bytes/s until a save was measured). So the share of time spent writing stays
+    at or below ``max_overhead`` after every save, however slow the disk or large the state: a
+    slower disk or a larger state means rarer checkpoints, never a slower run. ``max_overhead=None``
+    checkpoints every ``min_tokens`` tokens, whatever it costs.
+    """
+
+    min_tokens: int
+    max_overhead: float | None = 0.05
+    assumed_rate: float = 200e6  # bytes/s before the first save is measured (a slow disk)
+    clock: Any = time.monotonic
+    tokens_since: int = 0
+    write_s: float = 0.0  # seconds spent saving so far
+    saves: int = 0
+    rate: float | None = None  # measured bytes/s of the last save
+    _started: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        self._started = self.clock()
+
+    def advance(self, tokens: int) -> None:
+        self.tokens_since += tokens
+
+    def predicted_seconds(self, nbytes: int) -> float:
+        return nbytes / (self.rate or self.assumed_rate)
+
+    def due(self, nbytes: int) -> bool:
+        """Whether to save a state of ``nbytes`` now."""
+        if self.tokens_since < self.min_tokens:
+            return False
+        if self.max_overhead is None:
+            return True
+        cost = self.predicted_seconds(nbytes)
+        elapsed = self.clock() - self._started + cost
+        return self.write_s + cost <= self.max_overhead * elapsed
+
+    def saved(self, seconds: float, nbytes: int) -> None:
+        self.write_s += seconds
+        self.saves += 1
+        self.tokens_since = 0
+        if seconds > 0 and nbytes > 0:
+            self.rate = nbytes / seconds
+
+    @property
+    def overhead(self) -> float:
+        """Share of the run's time so far spent saving."""
+        elapsed = self.clock() - self._started
+        return self.write_s / elapsed if elapsed > 0 else 0.0

@@ -242,3 +242,46 @@ def test_cohort_with_differing_shapes_is_refused_unless_asked(cohort):
         assert conn.execute(sa.text("SELECT count(*) FROM run WHERE kind = 'correlation'")).scalar() == 0
     with pytest.raises(AtlasError, match="no model checkpoint directory"):  # allowed: it gets as far as loading
         correlate(cohort, allow_mixed_shapes=True)
+
+
+def test_automatic_checkpoints_wait_for_flush_points_and_change_no_bit(cohort, monkeypatch):
+    """Automatic checkpoints happen only where the accumulator has just flushed, so a run killed and
+    resumed from one ends bit-identical to a run that never checkpointed; none is written at the
+    end of a stream."""
+    from functools import partial
+
+    from atlas.ingest.math.correlation import CohortCorrelation
+    from atlas.ingest.runs import correlate as correlate_module
+
+    engine = cohort["engine"]
+    monkeypatch.setattr(correlate_module, "CohortCorrelation", partial(CohortCorrelation, flush_every=3))
+    monkeypatch.setattr(correlate_module, "CHECKPOINT_OVERHEAD", 1.0)  # time never holds a checkpoint back
+    settings = {"rotation": "gaussian_unit_rows", "batch_size": 4}
+    first = correlate(cohort, **settings)  # the default floor (20M tokens): no mid-run checkpoint
+    whole = {t: rows(engine, t, first) for t in ("pair_correlation", "correlation_edge", "neuron_universality")}
+
+    monkeypatch.setattr(correlate_module, "DEFAULT_CHECKPOINT_TOKENS", 1)  # due after every batch, if at a flush point
+    saved: list[dict] = []
+    real_save = correlate_module.Checkpoint.save
+
+    def spy(self, state, schedule=None):
+        saved.append({"n_batches": state["acc"]["n_batches"], "next_row": state["next_row"]})
+        return real_save(self, state, schedule)
+
+    class Killed(Exception):
+        pass
+
+    def kill(tokens_done: int) -> None:
+        if len(saved) == 2:
+            raise Killed("simulated crash")
+
+    monkeypatch.setattr(correlate_module.Checkpoint, "save", spy)
+    with pytest.raises(Killed):
+        correlate(cohort, force=True, on_batch=kill, **settings)
+    assert [s["n_batches"] % 3 for s in saved] == [0, 0]  # only at flush points
+    resumed = correlate(cohort, **settings)
+    assert resumed == first
+    for table, frame in whole.items():
+        assert rows(engine, table, first).equals(frame), table
+    n_rows = cohort["info"].n_rows
+    assert all(s["next_row"] < n_rows for s in saved)  # never at the end of the stream

@@ -143,7 +143,9 @@ def demo(seeds: int | None, device: str) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Context rows per forward pass (default: ~8k tokens on CUDA, ~4k on CPU).")
 @click.option("--block-size", type=click.IntRange(min=1), default=None,
               help="At most this many reference neurons per pass over the data (default: as many as fit the device).")
-@click.option("--checkpoint-tokens", default=20_000_000, type=click.IntRange(min=1), show_default=True, help="Kept tokens between checkpoints.")
+@click.option("--checkpoint-tokens", default=None, type=click.IntRange(min=1),
+              help="Kept tokens between checkpoints [default: automatic: at least 20M apart, and writing them costs "
+                   "at most 5% of the run's time].")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--force", is_flag=True, help="Recompute even when the same run is done.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

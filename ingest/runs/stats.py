@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
 from atlas.ingest.activations import kept_token_mask, mlp_activations
-from atlas.ingest.checkpoint import Checkpoint
+from atlas.ingest.checkpoint import Checkpoint, payload_bytes
 from atlas.ingest.math.moments import HIST_EDGES, HIST_RANGE, NeuronStatsAccumulator, histogram_edges
 from atlas.ingest.math.weights import model_weight_stats
 from atlas.ingest.models import LoadedModel, load_model
@@ -137,7 +137,7 @@ def _stream(run, checkpoint: Checkpoint, loaded: LoadedModel, info: DatasetInfo,
         rows_done = int(state["rows_done"])
         options.log(f"stats {loaded.name}: resuming at {rows_done * ctx:,} tokens (row {rows_done} of {info.n_rows})")
     start_tokens = rows_done * ctx
-    every = options.checkpoint_every or (20_000_000 if _state_bytes(acc) > 1 << 30 else 1_000_000)
+    every = options.checkpoint_every or (20_000_000 if payload_bytes(acc.state_dict()) > 1 << 30 else 1_000_000)
     last_ckpt_tokens = start_tokens
     with Progress(run, info.n_tokens, start_tokens, f"stats {loaded.name}", options.progress) as progress:
         for row0, tokens in iter_dataset_batches(run.engine, info, options.batch_size, start_row=rows_done):
@@ -162,17 +162,6 @@ def _stream(run, checkpoint: Checkpoint, loaded: LoadedModel, info: DatasetInfo,
         progress.close()
     stats = acc.finalize(top_tokens=options.top_tokens, min_token_count=options.min_token_count)
     return stats, rows_done * ctx - start_tokens, start_tokens
-
-
-def _state_bytes(acc: NeuronStatsAccumulator) -> int:
-    def size(obj) -> int:
-        if isinstance(obj, torch.Tensor):
-            return obj.numel() * obj.element_size()
-        if isinstance(obj, dict):
-            return sum(size(v) for v in obj.values())
-        return 0
-
-    return size(acc.state_dict())
 
 
 # ---------------------------------------------------------------- one model, end to end
