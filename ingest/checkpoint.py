@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ class Checkpoint:
         self.directory = Path(directory)
         self.identity = identity
         self._warn = warn or (lambda message: log.warning(message))
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     @classmethod
     def for_run(cls, run: Any, *, models: Sequence[str | None], dataset: str | None,
@@ -102,6 +105,10 @@ class Checkpoint:
 
     def load(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         """The saved state of this run, or None (nothing saved, or saved by something else: warned and removed)."""
+        try:
+            self.wait()
+        except Exception as err:  # noqa: BLE001 - the last write failed: the file before it (if any) stands
+            self._warn(f"checkpoint {self.path.name} could not be written ({type(err).__name__}: {err})")
         self._discard_others()
         if not self.path.exists():
             return None
@@ -118,24 +125,64 @@ class Checkpoint:
             return None
         return payload["state"]
 
-    def save(self, state: dict[str, Any], schedule: CheckpointSchedule | None = None) -> float:
+    def save(self, state: dict[str, Any], schedule: CheckpointSchedule | None = None, *,
+             background: bool = False) -> float:
         """Atomically replace the checkpoint with ``state`` (tensors, numbers, strings, lists, dicts);
-        returns the seconds it took (also told to ``schedule``)."""
+        returns the seconds the caller waited (also told to ``schedule``).
+
+        ``background=True``: copy the tensors to host memory now (the run may change its own right
+        after) and write the file in a thread while the run goes on — what a GPU run waits for is
+        the device-to-host copy, not the disk. One write at a time: a save first waits for the last.
+        """
         t0 = time.monotonic()
+        self.wait()
+        payload = {"identity": asdict(self.identity), "state": _host_copy(state) if background else state}
+        if background:
+            self._writer = threading.Thread(target=self._write_guarded, args=(payload,), name="atlas-checkpoint",
+                                            daemon=True)
+            self._writer.start()
+        else:
+            self._write(payload)
+        seconds = time.monotonic() - t0
+        if schedule is not None:
+            schedule.saved(seconds, payload_bytes(state))
+        return seconds
+
+    @property
+    def writing(self) -> bool:
+        """A background save is still being written."""
+        return self._writer is not None and self._writer.is_alive()
+
+    def wait(self) -> None:
+        """Wait for a background save to be on disk; raises what it raised."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _write(self, payload: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
         with open(tmp, "wb") as handle:
-            torch.save({"identity": asdict(self.identity), "state": state}, handle)
+            torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
-        seconds = time.monotonic() - t0
-        if schedule is not None:
-            schedule.saved(seconds, self.path.stat().st_size)
-        return seconds
+
+    def _write_guarded(self, payload: dict[str, Any]) -> None:
+        try:
+            self._write(payload)
+        except BaseException as err:  # noqa: BLE001 - handed to the run by wait()
+            self._error = err
 
     def discard(self) -> None:
         """Remove this run's checkpoint (after publishing, or to start over). Returns None."""
+        try:
+            self.wait()
+        except Exception:  # noqa: BLE001 - a failed write of a checkpoint being discarded does not matter
+            pass
         self.path.unlink(missing_ok=True)
         for stale in self.directory.glob(f"{self.path.name}.tmp*"):
             stale.unlink(missing_ok=True)
@@ -149,6 +196,17 @@ class Checkpoint:
                 self._warn(f"checkpoint {other.name} of run {self.identity.run_id} was made with other parameters "
                            "or another code version; not resuming from it")
                 other.unlink(missing_ok=True)
+
+
+def _host_copy(obj: Any) -> Any:
+    """``obj`` with every tensor copied to host memory (a snapshot: later changes to the originals do not show)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
 
 
 def payload_bytes(obj: Any) -> int:

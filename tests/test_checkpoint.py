@@ -117,3 +117,26 @@ def test_schedule_respects_the_token_floor_and_an_explicit_interval():
     every = CheckpointSchedule(min_tokens=1000, max_overhead=None, clock=clock)
     every.advance(1000)
     assert every.due(10**15)  # an explicit interval is kept whatever a save costs
+
+
+def test_a_background_save_is_a_snapshot_and_lands_whole(tmp_path):
+    """The run goes on changing its tensors while the file is written: the file holds them as they
+    were at save(); loading waits for the write."""
+    ckpt = Checkpoint(tmp_path, IDENTITY)
+    totals = torch.arange(1_000_000, dtype=torch.float64)
+    waited = ckpt.save({"rows_done": 3, "acc": {"P_total": totals}}, background=True)
+    totals += 1.0  # the next batches
+    assert waited >= 0
+    got = ckpt.load()
+    assert got["rows_done"] == 3 and torch.equal(got["acc"]["P_total"], torch.arange(1_000_000, dtype=torch.float64))
+    assert not ckpt.writing and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_failed_background_write_is_reported_by_the_next_save(tmp_path):
+    import pytest
+
+    ckpt = Checkpoint(tmp_path / "file-not-dir", IDENTITY)
+    (tmp_path / "file-not-dir").write_text("a file where the directory should be")
+    ckpt.save({"rows_done": 1}, background=True)
+    with pytest.raises(OSError):
+        ckpt.save({"rows_done": 2})

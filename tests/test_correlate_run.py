@@ -264,9 +264,9 @@ def test_automatic_checkpoints_wait_for_flush_points_and_change_no_bit(cohort, m
     saved: list[dict] = []
     real_save = correlate_module.Checkpoint.save
 
-    def spy(self, state, schedule=None):
+    def spy(self, state, schedule=None, **kwargs):
         saved.append({"n_batches": state["acc"]["n_batches"], "next_row": state["next_row"]})
-        return real_save(self, state, schedule)
+        return real_save(self, state, schedule, **kwargs)
 
     class Killed(Exception):
         pass

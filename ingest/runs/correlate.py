@@ -224,8 +224,10 @@ def _stream(run, checkpoint: Checkpoint, loaded: list, ref: ModelRecord, partner
                 state["tokens_done"] += kept
                 schedule.advance(kept)
                 progress.advance(kept)
-                if state["next_row"] < info.n_rows and _checkpoint_due(schedule, acc, options):
-                    checkpoint.save(_checkpoint_state(state, acc, results, b), schedule)
+                if state["next_row"] < info.n_rows and _checkpoint_due(schedule, checkpoint, acc, options):
+                    # on a GPU the state is copied to host memory and written while the run goes on
+                    checkpoint.save(_checkpoint_state(state, acc, results, b), schedule,
+                                    background=acc.device.type == "cuda")
                 if options.on_batch is not None:
                     options.on_batch(state["tokens_done"])
             results.append(acc.finalize(options.top_k))
@@ -247,12 +249,14 @@ def _schedule(options: CorrelateOptions) -> CheckpointSchedule:
     return CheckpointSchedule(min_tokens=DEFAULT_CHECKPOINT_TOKENS, max_overhead=CHECKPOINT_OVERHEAD)
 
 
-def _checkpoint_due(schedule: CheckpointSchedule, acc: CohortCorrelation, options: CorrelateOptions) -> bool:
+def _checkpoint_due(schedule: CheckpointSchedule, checkpoint: Checkpoint, acc: CohortCorrelation,
+                    options: CorrelateOptions) -> bool:
     """A mid-block checkpoint now? (Never on a block's last batch: the block ends and saves right after.)
-    Automatic ones wait for a flush point, so whether and when they happen changes no bit of the results."""
+    Automatic ones wait for a flush point, so whether and when they happen changes no bit of the results,
+    and for the last background write to finish."""
     if schedule.tokens_since < schedule.min_tokens:
         return False
-    if options.checkpoint_tokens is None and not acc.at_flush_point:
+    if options.checkpoint_tokens is None and (not acc.at_flush_point or checkpoint.writing):
         return False
     return schedule.due(payload_bytes([acc.P_total, acc.C_ref_total, *acc.C_total]))
 
