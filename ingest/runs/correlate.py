@@ -213,7 +213,7 @@ def _stream(run, checkpoint: Checkpoint, loaded: list, ref: ModelRecord, partner
             if state["acc"] is not None:
                 acc.load_state_dict(state["acc"])
                 state["acc"] = None
-            schedule = _schedule(options)
+            schedule = _schedule(options, device)
             for first_row, tokens in iter_dataset_batches(run.engine, info, rows_per_batch, start_row=state["next_row"]):
                 keep = kept_token_mask(tokens, info.filter_rule).reshape(-1)
                 acts = [_kept_post(model, tokens, keep) for model in loaded]
@@ -242,11 +242,13 @@ def _stream(run, checkpoint: Checkpoint, loaded: list, ref: ModelRecord, partner
 
 # ---------------------------------------------------------------- helpers
 
-def _schedule(options: CorrelateOptions) -> CheckpointSchedule:
-    """Every ``checkpoint_tokens`` when given; else automatic (see ``CorrelateOptions.checkpoint_tokens``)."""
+def _schedule(options: CorrelateOptions, device: str) -> CheckpointSchedule:
+    """Every ``checkpoint_tokens`` when given; else automatic (see ``CorrelateOptions.checkpoint_tokens``).
+    Until a save is measured, a GPU run expects to wait for a device-to-host copy (background write)."""
     if options.checkpoint_tokens is not None:
         return CheckpointSchedule(min_tokens=options.checkpoint_tokens, max_overhead=None)
-    return CheckpointSchedule(min_tokens=DEFAULT_CHECKPOINT_TOKENS, max_overhead=CHECKPOINT_OVERHEAD)
+    return CheckpointSchedule(min_tokens=DEFAULT_CHECKPOINT_TOKENS, max_overhead=CHECKPOINT_OVERHEAD,
+                              assumed_rate=5e9 if str(device).startswith("cuda") else 2e8)
 
 
 def _checkpoint_due(schedule: CheckpointSchedule, checkpoint: Checkpoint, acc: CohortCorrelation,
