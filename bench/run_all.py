@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["bench.bench_correlation", "bench.bench_ingest"]
+BENCHES = ["bench.bench_correlation", "bench.bench_ingest", "bench.bench_load", "bench.bench_checkpoint"]
 
 
 def main() -> int:
