@@ -324,10 +324,8 @@ class CohortCorrelation:
         self._partial_empty = True
         self._since_flush = 0
 
-    @property
-    def at_flush_point(self) -> bool:
-        """No float32 partial sums pending: a checkpoint now (``state_dict`` flushes) changes no bit of the run."""
-        return self._partial_empty
+    # no float32 partial sums pending: a checkpoint now (state_dict flushes) changes no bit of the run
+    at_flush_point = property(lambda self: self._partial_empty)
 
     # ------------------------------------------------------------------ checkpoints
 
