@@ -69,11 +69,25 @@ def default_budget_bytes(device: str | torch.device, reserve_bytes: int | None =
         free, total = torch.cuda.mem_get_info(device)
         reserve = reserve_bytes if reserve_bytes is not None else max(4 << 30, total // 8)
         return max(0, free - reserve)
+    avail = _available_ram()
+    # never less than a quarter of what is available: the reserve is a guess for big models, and a
+    # machine whose page cache holds most of its RAM still has that RAM to give
+    return max(avail // 4, avail // 2 - (reserve_bytes or 0))
+
+
+def _available_ram() -> int:
+    """Bytes the kernel could give us now (``MemAvailable``: free pages plus reclaimable cache)."""
     try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        avail = 8 << 30
-    return max(0, avail // 2 - (reserve_bytes or 0))
+        return 8 << 30
 
 
 def plan_ref_blocks(n_ref: int, partner_shapes: Sequence[Shape], *, budget_bytes: int,
