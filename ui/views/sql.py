@@ -6,11 +6,12 @@ import streamlit as st
 
 from atlas import queries, readonly
 from atlas.errors import AtlasError
-from atlas.ui import common
+from atlas.ui import common, state
 
 common.page_header("SQL", "Ask the atlas anything in SQL. Runs as the read-only role: one query (SELECT / WITH / "
                           "VALUES / TABLE), a timeout, and a row cap. Views are documented in docs/queries.md.")
 eng = common.engine()
+state.Address("sql").write()
 if queries.is_empty(eng):
     st.info(f"The atlas is empty: queries will return no rows. {common.RUN_HINT}", icon=":material/explore:")
 
