@@ -86,7 +86,7 @@ def test_universal_list_and_filters(atlas):
     at.selectbox(key="universal.label").set_value("any").run()
     at.slider(key="app.threshold").set_value(0.95).run()
     assert at.query_params["threshold"] == "0.95"
-    assert not at.dataframe and "No neuron passes" in _text(at)
+    assert not at.dataframe and "No neuron of **synth-a** has excess correlation above 0.95" in _text(at)
 
 
 def test_neuron_page_opens_the_neuron_named_in_the_url(atlas):

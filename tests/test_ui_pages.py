@@ -143,3 +143,55 @@ def test_search_messages_fit_a_full_atlas_and_shorten_what_they_echo(atlas, ui_e
     _ok(at)
     text = _text(at)
     assert "make demo" not in text and "x" * 200 not in text and "…" in text, text[:300]
+
+
+# ---------------------------------------------------------------- what researchers expect
+
+def test_family_counts_among_universal_neurons_by_default_every_label_listed(atlas):
+    def counts(at) -> dict[str, dict[str, int]]:
+        """model (from the chart's rows) -> label -> labelled neurons, from each family-count chart."""
+        out: dict[str, dict[str, int]] = {}
+        for spec, rows in _charts(at):
+            for r in rows:
+                if {"label", "n", "n_neurons", "model"} <= set(r):
+                    out.setdefault(r["model"], {}).setdefault(r["label"], 0)
+                    out[r["model"]][r["label"]] += r["n"]
+        return out
+
+    at = _open("views/families.py")
+    _ok(at)
+    universal = counts(at)
+    assert list(universal) == ["synth-a"]  # only a reference model has universal neurons
+    assert universal["synth-a"] == {"unigram": 3, "previous_token": 1, "position": 1, "prediction": 0, "alphabet": 0,
+                                    "suppression": 0}  # tested and found nothing: listed with 0
+    at.radio(key="families.among").set_value("all neurons").run()
+    _ok(at)
+    everything = counts(at)
+    assert set(everything) == {"synth-a", "synth-b", "synth-c"} and everything["synth-a"]["prediction"] == 1
+    assert at.query_params["among"] == "all neurons"
+    at = _open("views/families.py", threshold="0.95")
+    _ok(at)
+    assert "No universal neuron (excess > 0.95)" in _text(at)
+
+
+def test_family_evidence_reads_as_a_sentence_with_model_names(atlas):
+    at = _open("views/families.py", family="unigram: token=' the'")
+    _ok(at)
+    text = _text(at)
+    assert "3 neurons in 3 models (synth-a, synth-b, synth-c)" in text and "in every seed of the cohort" in text
+
+
+def test_neuron_page_colours_every_token_explains_labels_and_compares_partners_on_the_same_text(atlas):
+    layer, idx = atlas.planted["the"]["synth-a"]
+    at = _open("views/neuron.py", model="synth-a", layer=str(layer), idx=str(idx))
+    _ok(at)
+    html = [m.value for m in at.markdown if 'class="examples"' in m.value]
+    top = html[0]
+    assert top.count("activation ") >= 5 * 10 and "no activation stored" not in top  # every token, 5 examples
+    assert len(html) >= 3 + 2  # top, quantile, most negative, and one card per partner
+    partner_cards = [h for h in html if "→" in h]
+    assert len(partner_cards) == 2 and all(">the<" in h.replace("> the<", ">the<") for h in partner_cards)
+    text = _text(at)
+    assert "The current token explains it: the feature token=' the' removes" in text
+    assert '"variance_reduction"' not in "\n".join(m.value for m in at.markdown)  # no raw JSON in the text
+

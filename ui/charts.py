@@ -106,7 +106,7 @@ def properties_chart(props: pl.DataFrame) -> alt.FacetChart | alt.LayerChart:
     median = base.mark_tick(color="black", size=9, thickness=2).encode(y="median:Q")
     layered = whisker + box + median
     if per_layer:
-        return layered.properties(width=150, height=150).facet(facet=alt.Facet("property:N", title=None), columns=4)
+        return layered.properties(width=190, height=150).facet(facet=alt.Facet("property:N", title=None), columns=4)
     return layered.properties(height=280)
 
 

@@ -67,12 +67,10 @@ def label_sentence(label: str, score: float | None, evidence: Mapping[str, Any] 
     return f"{label} (score {_num(score)}){': ' + shown if shown else ''}."
 
 
-def family_sentence(evidence: Mapping[str, Any] | None, model_names: Mapping[int, str], n_members: int,
-                    n_models: int) -> str:
-    """A family's evidence as a sentence: its members, models (by name), layers and cross-seed links."""
+def family_sentence(evidence: Mapping[str, Any] | None, models: list[str], n_members: int, n_models: int) -> str:
+    """A family's evidence as a sentence: its members, its models (by name, as the query layer gives
+    them; the stored evidence has model ids), layers and cross-seed links."""
     e = dict(evidence or {})
-    models = [model_names.get(int(m), str(m)) if isinstance(m, (int, float)) or str(m).isdigit() else str(m)
-              for m in (e.get("models") or [])]
     parts = [f"{n_members} neurons in {n_models} model{'s' if n_models != 1 else ''}"
              + (f" ({', '.join(models)})" if models else "")]
     if e.get("layers"):

@@ -108,10 +108,11 @@ CSS = """
 <style>
 .examples {font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.86rem; line-height: 1.9;}
 .examples .row {display: flex; gap: 0.6rem; align-items: baseline; border-bottom: 1px solid #eee; padding: 1px 0;}
-.examples .val {min-width: 4.2rem; text-align: right; color: #555; font-variant-numeric: tabular-nums;
-  white-space: nowrap;}
+.examples .val {flex: 0 0 auto; min-width: 4.2rem; text-align: right; color: #555; font-variant-numeric: tabular-nums;
+  white-space: nowrap; position: relative; z-index: 1; background: inherit; padding-right: 2px;}
 .examples .ctx {display: flex; flex: 1 1 auto; min-width: 0; white-space: pre;}
-.examples .pre {flex: 1 1 0; min-width: 0; overflow: hidden; display: flex; justify-content: flex-end;}
+.examples .pre {flex: 1 1 0; min-width: 0; overflow: hidden; display: flex; justify-content: flex-end;
+  clip-path: inset(0);}
 .examples .hit {flex: 0 0 auto; padding: 0 1px;}
 .examples .post {flex: 1 1 0; min-width: 0; overflow: hidden;}
 .examples .tok {border-radius: 3px; padding: 0 1px;}

@@ -5,13 +5,14 @@ carries ``?among=&label=&family=`` (``family``: a family's id or name)."""
 
 from __future__ import annotations
 
+import html
 import json
 
 import polars as pl
 import streamlit as st
 
 from atlas import queries
-from atlas.ui import charts, common, state
+from atlas.ui import charts, common, evidence, state
 
 common.page_header("Families", "Neurons that share a label and its feature, within a model and across seeds "
                                "(linked by partner correlation).")
@@ -42,7 +43,7 @@ among = st.radio("Count among", ["universal neurons", "all neurons"], horizontal
                       "threshold; reference models only). 'all neurons' counts every classified neuron.")
 universal_only = among == "universal neurons"
 counts = common.summary(eng, "family_counts", threshold=threshold if universal_only else None)
-if counts.height:
+if counts.height and (not universal_only or counts["n_neurons"].sum() > 0):
     scope = f"universal neurons (excess > {threshold:g})" if universal_only else "all neurons"
     for model in counts["model"].unique(maintain_order=True).to_list():
         mine = counts.filter(pl.col("model") == model)
@@ -97,8 +98,12 @@ st.dataframe(common.with_links(members.drop("family_id", "family")), hide_index=
                             "excess": st.column_config.NumberColumn(format="%.3f")})
 for row in members.head(12).iter_rows(named=True):
     common.neuron_link(row["model"], row["layer"], row["idx"])
-evidence = families.filter(families["family_id"] == family_id)["evidence"][0]
-if evidence:
-    with st.expander("Evidence"):
-        st.json(json.loads(evidence))
+chosen = families.filter(families["family_id"] == family_id).row(0, named=True)
+stored = json.loads(chosen["evidence"]) if chosen["evidence"] else {}
+st.markdown(f"**{html.escape(chosen['family'], quote=False)}**: " + html.escape(evidence.family_sentence(
+    stored, list(chosen["models"] or []), chosen["n_members"], chosen["n_models"]), quote=False),
+    unsafe_allow_html=True)
+if stored:
+    with st.expander("Raw evidence (JSON)"):
+        st.json(stored)
 common.downloads(members, "family_members", "families")

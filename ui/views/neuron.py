@@ -217,8 +217,8 @@ with lab:
     if labels.height:
         for row in labels.iter_rows(named=True):
             found = json.loads(row["evidence"]) if row["evidence"] else {}
-            st.markdown(f"{common.badges([row['label']])} {html.escape(evidence.label_sentence(row['label'], row['score'], found))}",
-                        unsafe_allow_html=True)
+            sentence = html.escape(evidence.label_sentence(row["label"], row["score"], found), quote=False)
+            st.markdown(f"{common.badges([row['label']])} {sentence}", unsafe_allow_html=True)
             if found.get("rule"):
                 st.caption(f"Rule: {found['rule']}")
         with st.expander("Raw evidence (JSON)"):

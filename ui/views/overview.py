@@ -44,7 +44,7 @@ def explain(row: dict) -> None:
                f"rotation baseline of {row['median_mean_baseline']:.2f} (median excess {row['median_excess']:.2f})")
     if row["n_universal"] == 0:
         top = row["top_threshold"]
-        show = max(0.0, int((top or 0.0) * 100) / 100 - 0.01)
+        show = max(0.0, int((top or 0.0) * 100) / 100)  # just under the 20th strongest
         st.info(f"No neuron of **{row['model']}** has excess correlation above {threshold:g}: {medians}; its strongest "
                 f"reaches {row['max_excess']:.2f}. The seeds agree beyond chance only that far — a threshold of "
                 f"{show:g} shows its 20 strongest neurons.", icon=":material/help:")
@@ -91,24 +91,31 @@ if dist.height:
         st.caption("Per reference neuron: its best correlation in each other seed, averaged (red), and the same against "
                    "a randomly rotated seed (grey, the baseline); dashed: the medians. Universal neurons sit far right "
                    "of the baseline.")
-
     with right:
-        st.subheader("What distinguishes universal neurons")
-        a, b = st.columns([3, 2])
-        reference = a.selectbox("Reference model", references or [""], key=address.key("reference"))
-        view = b.radio("Percentiles", ["by layer", "pooled"], horizontal=True, key=address.key("view"))
-        props = common.summary(eng, "universal_properties", model=reference, threshold=threshold,
-                               by_layer=view == "by layer")
-        if props.height and (props["group"] == "universal").any():
-            common.figure(charts.properties_chart(props), props, name=f"universal_properties_{reference}",
-                          key="props", query=f"universal_properties(engine, model={reference!r}, "
-                                             f"threshold={threshold:g}, by_layer={view == 'by layer'})")
-            st.caption("Each property ranked among the neurons of its layer (percentile, as the paper normalises); "
-                       "universal neurons (red) vs the rest (grey): line p10–p90, bar p25–p75, tick the median. The "
-                       "paper: universal neurons fire rarely, have high skew and kurtosis, negative input bias and "
-                       "large weight norm (l2_penalty).")
-        else:
-            st.caption(f"No neuron of {reference} passes the threshold {threshold:g} — lower it in the sidebar.")
+        st.subheader("Universal neurons by cohort")
+        st.dataframe(why.select("model", "cohort", "n_neurons", "n_universal", "median_mean_corr",
+                                "median_mean_baseline", "max_excess"), hide_index=True, width="stretch",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
+                                    ("median_mean_corr", "median_mean_baseline", "max_excess")})
+        st.caption(f"Per reference model at threshold {threshold:g}: the medians of its best correlation and of the "
+                   "rotation baseline, and its strongest excess (`universality_summary`).")
+
+    st.subheader("What distinguishes universal neurons")
+    a, b, _ = st.columns([2, 2, 4])
+    reference = a.selectbox("Reference model", references or [""], key=address.key("reference"))
+    view = b.radio("Percentiles", ["by layer", "pooled"], horizontal=True, key=address.key("view"))
+    props = common.summary(eng, "universal_properties", model=reference, threshold=threshold,
+                           by_layer=view == "by layer")
+    if props.height and (props["group"] == "universal").any():
+        common.figure(charts.properties_chart(props), props, name=f"universal_properties_{reference}", key="props",
+                      query=f"universal_properties(engine, model={reference!r}, threshold={threshold:g}, "
+                            f"by_layer={view == 'by layer'})")
+        st.caption("Each property ranked among the neurons of its layer (percentile, as the paper normalises); "
+                   "universal neurons (red) vs the rest (grey): line p10–p90, bar p25–p75, tick the median. The paper "
+                   "(GPT2): universal neurons fire rarely, have high activation skew and kurtosis, negative input bias "
+                   "and large weight norm (l2_penalty). SQL: the view `neuron_property_percentile`.")
+    else:
+        st.caption(f"No neuron of {reference} passes the threshold {threshold:g} — lower it in the sidebar.")
 address.write()
 address.report()
 

@@ -49,11 +49,20 @@ table = queries.universal_neurons(
     order_by=order_by, limit=limit)
 
 if table.height == 0:
-    has_correlation = queries.runs(eng, kind="correlation", status="done", limit=1).height > 0
-    if has_correlation:
-        st.info("No neuron passes these filters — lower the threshold or clear a filter.")
-    else:
+    why = queries.universality_summary(eng, threshold=threshold, cohort=None if cohort == "all" else cohort)
+    if why.height == 0:
         common.nothing_yet("No correlation run yet, so no neuron can be universal.")
+    elif int(why["n_universal"].sum()) > 0:
+        st.info("No neuron passes these filters — clear a filter, or lower the threshold in the sidebar.")
+    else:
+        for row in why.iter_rows(named=True):
+            show = max(0.0, int((row["top_threshold"] or 0.0) * 100) / 100)  # just under the 20th strongest
+            st.info(f"No neuron of **{row['model']}** has excess correlation above {threshold:g}: its median best-"
+                    f"partner correlation is {row['median_mean_corr']:.2f} against a median rotation baseline of "
+                    f"{row['median_mean_baseline']:.2f}, and its strongest neuron reaches {row['max_excess']:.2f}. "
+                    f"A threshold of {show:g} shows its 20 strongest.", icon=":material/help:")
+            common.page_link("views/universal.py", f"Show {row['model']}'s strongest neurons (threshold {show:g})",
+                             icon=":material/arrow_forward:", threshold=f"{show:g}", cohort=row["cohort"])
     st.stop()
 
 st.caption(f"{table.height:,} neurons with excess correlation above {threshold:g} (the sidebar's threshold)"
