@@ -133,7 +133,7 @@ def load_model(source: str, device: str = "cpu", dtype: torch.dtype | None = Non
         model_name = name or Path(boot_name).name
     else:
         hf_config = getattr(getattr(bridge, "original_model", None), "config", None)
-        revision = getattr(hf_config, "_commit_hash", None)
+        revision = getattr(hf_config, "_commit_hash", None) or _hub_revision(source)
         model_name = name or source
     return LoadedModel(
         bridge=bridge,
@@ -188,6 +188,15 @@ def _boot(boot_name: str, source: str, local: bool, device: str, dtype: torch.dt
     finally:
         for n, level in levels.items():
             logging.getLogger(n).setLevel(level)
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    """The hub commit the loaded files came from: the name of their snapshot directory in the
+    Hugging Face cache (transformers 5 configs no longer carry ``_commit_hash``)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    return Path(cached).parent.name if isinstance(cached, str) else None
 
 
 def _first_line(err: BaseException) -> str:

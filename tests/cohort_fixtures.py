@@ -15,9 +15,12 @@
 - ``store_dataset(engine, name="tiny") -> atlas.ingest.store.DatasetInfo``  write rows + tokenizer to a test DB
 
 Models are trained on a generated grammar corpus (``atlas.ingest.corpus.grammar_corpus``) in a few
-seconds, once: the checkpoints are cached under ``$TMPDIR/atlas-tiny-cohort-<config hash>`` (or
-``ATLAS_TEST_COHORT_DIR``) and reused by later sessions; training is deterministic per seed. A file
-lock makes concurrent test sessions share one training.
+seconds, once: the checkpoints are cached under ``<base>/atlas-tiny-cohort-<key>`` (base: $TMPDIR,
+or ``ATLAS_TEST_COHORT_DIR``, e.g. a CI cache) and reused by later sessions; training is
+deterministic per seed. The key hashes everything the checkpoints depend on: the recipe, the
+corpus parameters, the source of the training and corpus code (``ingest/zoo.py``,
+``ingest/corpus.py``) and the torch version, so a change to any of them trains afresh instead of
+testing stale models. A file lock makes concurrent test sessions share one training.
 """
 
 from __future__ import annotations
@@ -68,11 +71,24 @@ class TinyCohort:
         return get_dataset(engine, name)
 
 
+def cache_key() -> str:
+    """A hash of the recipe and of the code that trains the cohort (see the module docstring)."""
+    import hashlib
+    import inspect
+
+    from atlas.ingest import corpus, zoo
+
+    digest = hashlib.sha256()
+    for part in (TINY.fingerprint(), TRAIN_DOCS, TRAIN_SEED, torch.__version__,
+                 inspect.getsource(zoo), inspect.getsource(corpus)):
+        digest.update(str(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
 def cohort_dir() -> Path:
-    base = os.environ.get("ATLAS_TEST_COHORT_DIR")
-    if base:
-        return Path(base)
-    return Path(tempfile.gettempdir()) / f"atlas-tiny-cohort-{TINY.fingerprint()}"
+    base = Path(os.environ.get("ATLAS_TEST_COHORT_DIR") or tempfile.gettempdir())
+    return base / f"atlas-tiny-cohort-{cache_key()}"
 
 
 def build_tiny_cohort(root: Path | None = None) -> TinyCohort:

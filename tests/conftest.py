@@ -2,9 +2,15 @@
 
 By default one embedded PostgreSQL starts per test session (in a short temporary directory: the
 unix socket lives there). ``ATLAS_TEST_DATABASE_URL`` points the suite at another server instead
-(the role needs CREATEDB). A template database is migrated once; each test that asks for
-``db_url``/``engine`` gets its own fresh copy of it (``CREATE DATABASE ... TEMPLATE``), so tests
-are isolated and can commit freely.
+(the role needs CREATEDB and CREATEROLE). A template database is migrated once; each test that
+asks for ``db_url``/``engine`` gets its own fresh copy of it (``CREATE DATABASE ... TEMPLATE``), so
+tests are isolated and can commit freely.
+
+Every name the session creates on the server starts with ``atlas_test_<session>_`` (the template,
+each test's database, and the roles derived from a database's name, such as its ``_reader``), so
+two suites sharing one server never drop each other's. Roles are cluster-wide and outlive a
+dropped database: each test's roles go with its database, and at the end of the session any role
+with the session's prefix is dropped; a role the session created under another name fails the run.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.cohort_fixtures import tiny_cohort  # noqa: F401,E402  (the shared tiny trained cohort)
 
-TEMPLATE = "atlas_test_template"
+SESSION = f"atlas_test_{uuid.uuid4().hex[:8]}"  # the prefix of every database and role of this session
+TEMPLATE = f"{SESSION}_template"
 
 
 def _server_url() -> tuple[str, object | None]:
@@ -45,7 +53,7 @@ def pg_server():
     """(admin libpq URL, handle) of the session's PostgreSQL, with a migrated template database."""
     admin_url, server = _server_url()
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        roles_before = _roles(conn)
         conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
     from atlas import db
 
@@ -55,8 +63,23 @@ def pg_server():
     yield admin_url
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        _drop_roles(conn, SESSION)
+        # another suite on a shared server creates only roles with its own atlas_test_ prefix
+        strays = {r for r in _roles(conn) - roles_before if not r.startswith("atlas_test_")}
     if server is not None:
         server.cleanup()
+    assert not strays, f"the tests left roles on the server (roles are cluster-wide; drop them): {sorted(strays)}"
+
+
+def _roles(conn) -> set[str]:
+    return {r for (r,) in conn.execute("SELECT rolname FROM pg_roles")}
+
+
+def _drop_roles(conn, prefix: str) -> None:
+    """Drop every role whose name starts with ``prefix`` (its databases must be gone already)."""
+    pattern = prefix.replace("_", r"\_") + "%"
+    for (role,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (pattern,)).fetchall():
+        conn.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
 
 
 @pytest.fixture
@@ -90,7 +113,7 @@ def atlas_home(tmp_path, monkeypatch):
 
 
 def _fresh_database(admin_url: str, template: str | None):
-    name = f"atlas_test_{uuid.uuid4().hex[:12]}"
+    name = f"{SESSION}_{uuid.uuid4().hex[:12]}"
     clause = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"{clause}')
@@ -102,3 +125,12 @@ def _fresh_database(admin_url: str, template: str | None):
         _engine_for.cache_clear()
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            _drop_roles(conn, name)  # e.g. its reader, <name>_reader
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the tiny trained cohort trains it (on a fresh machine) and loads its models:
+    it is slow wherever it is, whether or not its file says so."""
+    for item in items:
+        if "tiny_cohort" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

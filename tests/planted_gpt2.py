@@ -7,7 +7,7 @@ query for the BOS key) and a partition direction 114 (half the vocabulary +, hal
 
 Planted neurons (layer, idx) and what they are:
   (0, 0) unigram: fires on ' of'          (0, 1) alphabet: fires on tokens starting with 'b'
-  (0, 2) position: ramps with position    (0, 3) semantic: fires on colour words
+  (0, 2) position: fires from position 8 on    (0, 3) semantic: fires on colour words
   (0, 4) attention deactivation: writes the BOS-query direction
   (1, 0) previous-token: fires when the previous token is ' and'
   (1, 1) prediction: writes +W_U of ' cat', ' dog'   (1, 2) suppression: writes −W_U of ' the', ','
@@ -16,7 +16,10 @@ Planted neurons (layer, idx) and what they are:
 every other neuron is a distractor (random dense input and output weights).
 
 Biases and scales are calibrated on the data so that a planted neuron's pre-activation is ≥ +3
-where it should fire and ≤ −3 elsewhere."""
+where it should fire and ≤ −3 elsewhere. Every planted neuron sits far from the labelling
+thresholds (tests/test_families.py checks by how much): e.g. the position neuron's pre-activation
+takes two values (±2, a step at position 8), so its kurtosis is ≈ 1 against the rule's < 2 (a
+linear ramp would give a uniform distribution, kurtosis 1.8)."""
 
 from __future__ import annotations
 
@@ -162,7 +165,7 @@ def build_planted(directory: Path, *, rows: int = 64, seed: int = 0) -> Planted:
                 w_in[0:4] = 0
                 w_in[0, TOK + OF] = 1.0
                 w_in[1, [TOK + v for v in B_WORDS]] = 1.0
-                w_in[2, POS:POS + N_CTX] = (torch.arange(N_CTX) - 7.5) / 7.5
+                w_in[2, POS:POS + N_CTX] = torch.sign(torch.arange(N_CTX) - 7.5)  # a step: kurtosis ≈ 1
                 w_in[3, [TOK + v for v in COLOURS]] = torch.tensor([1.0, 0.9, 0.8, 0.9, 1.0])
                 w_out[0:4] *= 0.05
                 w_out[4] = 0

@@ -78,3 +78,15 @@ def test_no_bare_top_level_imports(folder):
     if not (ROOT / folder).exists():
         pytest.skip(f"no {folder}/")
     assert _violations(folder, ("ingest", "ui", "migrations", "app")) == []
+
+
+@pytest.mark.parametrize("folder", list(LAYERS))
+def test_a_module_over_400_lines_says_why_at_its_top(folder):
+    """Small modules; a long one states its reason in its docstring ("... 400 lines ...")."""
+    long = []
+    for path in _modules(folder):
+        lines = path.read_text().count("\n")
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if lines > 400 and "400 lines" not in doc:
+            long.append(f"{path.relative_to(ROOT)} ({lines} lines)")
+    assert long == []

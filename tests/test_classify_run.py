@@ -12,12 +12,46 @@ import sqlalchemy as sa
 import torch
 
 pytestmark = pytest.mark.slow
+CONTEXT = 32  # the tiny cohort's context length
 
 
-def _post(loaded, rows: torch.Tensor) -> np.ndarray:
-    from atlas.ingest.activations import mlp_activations
+def _post(checkpoint, rows: torch.Tensor) -> np.ndarray:
+    """float64 hook_post from plain transformers (not the code under test): [rows, ctx, L, d_mlp]."""
+    from tests.reference import hf_mlp_activations
 
-    return mlp_activations(loaded, rows, hooks=("post",))["post"].double().numpy()  # [rows, ctx, L, d_mlp]
+    return hf_mlp_activations(checkpoint, rows)["post"]
+
+
+def _feature_mask(name: str, vocab: list[str], special: set[int]) -> np.ndarray | None:
+    """The indicator over vocabulary ids (or positions) of a feature, built from its name as the
+    features docstring defines it (``token='x'``, ``word=w``, ``starts_with=c``, ``letter=c``,
+    ``leading_space``, ``capitalised``, ``position=p``, ``position in [lo,hi)``, ``position>=k``);
+    None for features without a one-line definition (topics, suffixes, …)."""
+    import ast
+    import re
+
+    words = ["" if i in special else t.strip() for i, t in enumerate(vocab)]
+    if name.startswith("token="):
+        text = ast.literal_eval(name[len("token="):])
+        return np.array([t == text for t in vocab])
+    if name.startswith("word="):
+        return np.array([w.lower() == name[len("word="):] for w in words])
+    if name.startswith("starts_with="):
+        return np.array([w[:1].lower() == name[-1] for w in words])
+    if name.startswith("letter="):
+        return np.array([w.lower() == name[-1] for w in words])
+    if name == "leading_space":
+        return np.array([i not in special and t.startswith(" ") and t.strip() != "" for i, t in enumerate(vocab)])
+    if name == "capitalised":
+        return np.array([w[:1].isupper() for w in words])
+    positions = np.arange(CONTEXT)
+    if m := re.fullmatch(r"position=(\d+)", name):
+        return positions == int(m[1])
+    if m := re.fullmatch(r"position in \[(\d+),(\d+)\)", name):
+        return (positions >= int(m[1])) & (positions < int(m[2]))
+    if m := re.fullmatch(r"position>=(\d+)", name):
+        return positions >= int(m[1])
+    return None
 
 
 def _store_correlation(engine, cohort_id: int, dataset_id: int, ids: list[int], posts: list[np.ndarray],
@@ -53,7 +87,6 @@ def _store_correlation(engine, cohort_id: int, dataset_id: int, ids: list[int], 
 
 @pytest.fixture
 def classified(engine, tiny_cohort, atlas_home):
-    from atlas.ingest.activations import kept_token_mask
     from atlas.ingest.runs.classify import ClassifyOptions, ClassifySubject, run_classify
     from atlas.ingest.models import load_model
     from atlas.ingest.store import register_model
@@ -65,8 +98,8 @@ def classified(engine, tiny_cohort, atlas_home):
         ids.append(register_model(engine, m, cohort="tiny", seed_label=label))
         loaded.append(m)
     rows = tiny_cohort.rows
-    keep = kept_token_mask(rows, tiny_cohort.filter_rule).numpy()
-    posts = [_post(m, rows) for m in loaded]
+    keep = ~np.isin(rows.numpy(), tiny_cohort.filter_rule["exclude_token_ids"])
+    posts = [_post(path, rows) for path in tiny_cohort.paths]
     with engine.connect() as conn:
         cohort_id = conn.execute(sa.text("SELECT id FROM cohort WHERE name = 'tiny'")).scalar_one()
     _store_correlation(engine, cohort_id, info.id, ids, posts, keep)
@@ -151,19 +184,13 @@ def test_classify_stores_features_labels_families(classified):
 
 
 def test_stored_variance_reduction_matches_numpy(classified):
-    from atlas.ingest.math.features import frequent_token_ids, position_features, token_features
-
     engine, run_id = classified["engine"], classified["run_id"]
-    rows, keep, cfg = classified["rows"].numpy(), classified["keep"], classified["config"]
+    rows, keep = classified["rows"].numpy(), classified["keep"]
     loaded, ids, posts = classified["loaded"], classified["ids"], classified["posts"]
     tok = classified["cohort"].tokenizer
     vocab = [tok.decode([i]) for i in range(loaded[0].d_vocab)]
-    counts = torch.bincount(torch.from_numpy(rows[keep]), minlength=loaded[0].d_vocab).double()
-    special = [i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None]
-    tf = token_features(vocab, frequent_token_ids(counts, min_count=cfg.min_token_count,
-                                                  max_tokens=cfg.max_unigram_features, exclude=special),
-                        special_token_ids=special)
-    pf = position_features(rows.shape[1], n_exact=cfg.position_exact, n_buckets=cfg.position_buckets)
+    special = {i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None}
+    assert rows.shape[1] == CONTEXT
     prev = np.concatenate([np.full((rows.shape[0], 1), -1), rows[:, :-1]], 1)
     pos = np.broadcast_to(np.arange(rows.shape[1]), rows.shape)
     with engine.connect() as conn:
@@ -171,12 +198,10 @@ def test_stored_variance_reduction_matches_numpy(classified):
             "SELECT model_id, layer::int, idx, feature, on_previous, feature_kind, variance_reduction::float8 "
             "FROM neuron_feature WHERE run_id = :i AND rank <= 2 ORDER BY model_id, layer, idx, rank"),
             {"i": run_id}).all()
-    checked = 0
-    for model_id, layer, idx, feature, on_previous, kind, vr in stored[::7]:
+    checked: dict[str, int] = {}
+    for model_id, layer, idx, feature, on_previous, kind, vr in stored:
         a = posts[ids.index(model_id)][..., layer, idx][keep]
-        if kind == "position":
-            f = pf.matrix[:, pf.names.index(feature)].numpy()[pos[keep]]
-        elif kind == "syntax":  # a part-of-speech / dependency tag of the token (spaCy installed)
+        if kind == "syntax":  # a part-of-speech / dependency tag of the token (spaCy installed)
             from atlas.ingest.syntax import load_pipeline, tag_names, tag_rows
 
             if "tags" not in locals():
@@ -186,15 +211,24 @@ def test_stored_variance_reduction_matches_numpy(classified):
             on = (tags[tag] == names[tag].index(value)).numpy()
             on_prev = np.concatenate([np.zeros((rows.shape[0], 1), dtype=bool), on[:, :-1]], 1)
             f = (on_prev if on_previous else on)[keep]
+            p1 = f.mean()
+            ref = (a.var() - ((1 - p1) * a[~f].var() + p1 * a[f].var())) / a.var()
+            assert vr == pytest.approx(ref, abs=2e-6), (feature, on_previous)
+            checked[kind] = checked.get(kind, 0) + 1
+            continue
+        mask = _feature_mask(feature, vocab, special)
+        if mask is None:
+            continue
+        if kind == "position":
+            f = mask[pos[keep]]
         else:
-            col = tf.matrix[:, tf.names.index(feature)].numpy()
             src = prev[keep] if on_previous else rows[keep]
-            f = np.where(src >= 0, col[np.maximum(src, 0)], False)
+            f = np.where(src >= 0, mask[np.maximum(src, 0)], False)
         p1 = f.mean()
         ref = (a.var() - ((1 - p1) * a[~f].var() + p1 * a[f].var())) / a.var()
-        assert vr == pytest.approx(ref, abs=2e-6)  # float4 column
-        checked += 1
-    assert checked >= 20
+        assert vr == pytest.approx(ref, abs=2e-6), (feature, on_previous)  # float4 column
+        checked[kind] = checked.get(kind, 0) + 1
+    assert sum(checked.values()) >= 20 and {"unigram", "alphabet", "class"} <= set(checked), checked
 
 
 def test_cli_errors_are_one_line(engine):

@@ -27,19 +27,20 @@ TOL = 1e-4
 def cohort(engine, tiny_cohort, tmp_path, monkeypatch):
     """The tiny cohort registered as cohort "tiny", its held-out rows as dataset "tiny", and the
     float64 hook_post activations of every model at the kept positions."""
-    from atlas.ingest.activations import flatten_neurons, kept_token_mask, mlp_activations
     from atlas.ingest.models import load_model
     from atlas.ingest.store import register_model
+    from tests.reference import hf_mlp_activations
 
     monkeypatch.setenv("ATLAS_HOME", str(tmp_path))  # checkpoints go here
     info = tiny_cohort.store_dataset(engine)
     ids, posts = [], []
-    keep = kept_token_mask(tiny_cohort.rows, tiny_cohort.filter_rule).reshape(-1)
+    keep = ~np.isin(tiny_cohort.rows.numpy(), tiny_cohort.filter_rule["exclude_token_ids"]).reshape(-1)
+    n_neurons = tiny_cohort.config.n_layers * tiny_cohort.config.d_mlp
     for path, label in zip(tiny_cohort.paths, tiny_cohort.labels):
-        model = load_model(str(path))
-        ids.append(register_model(engine, model, cohort="tiny", seed_label=label))
-        post = mlp_activations(model, tiny_cohort.rows, hooks=("post",))["post"]
-        posts.append(flatten_neurons(post)[keep].double().numpy())
+        ids.append(register_model(engine, load_model(str(path)), cohort="tiny", seed_label=label))
+        # float64 hook_post from plain transformers (not the code under test); neuron = layer * d_mlp + idx
+        post = hf_mlp_activations(path, tiny_cohort.rows)["post"]
+        posts.append(post.reshape(-1, n_neurons)[keep])
     shape = (tiny_cohort.config.n_layers, tiny_cohort.config.d_mlp)
     return {"engine": engine, "info": info, "ids": ids, "posts": posts, "shape": shape, "home": tmp_path}
 

@@ -89,6 +89,77 @@ def test_planted_label_evidence(planted_labels):
     assert uni["score"] == pytest.approx(row["cur_vr"])
 
 
+FAR = 1.25  # planted ground truth beats every threshold by this factor, and every other neuron misses it by as much
+
+
+def _above(x, threshold: float) -> bool:
+    return x is not None and x >= FAR * threshold
+
+
+def _below(x, threshold: float) -> bool:
+    return x is not None and x <= threshold / FAR
+
+
+@pytest.mark.slow
+def test_planted_ground_truth_is_far_from_every_threshold(planted_labels):
+    """A label that comes out right only because a score landed just on the right side of a cut
+    proves little: each planted neuron passes each condition of its rule by a factor FAR, and
+    every other neuron fails at least one condition of that rule by the same factor."""
+    p, table, labels = planted_labels
+    t = LabelThresholds()
+    n_layers = table["layer"].max() + 1
+    effect = {(r["layer"], r["idx"]): r["score"] for r in labels.filter(pl.col("label") == "entropy").iter_rows(named=True)}
+
+    def topic(r):
+        _, share, words = topic_match(list(r["top_tokens"])[: t.topic_top_k])
+        return share, len(words)
+
+    def depth(r):
+        return r["layer"] / (n_layers - 1)
+
+    def attn(r):
+        return None if r["attn_z"] is None else abs(r["attn_z"])
+
+    # rule (ingest/math/labels.py, the paper's) → (planted: far inside, any other neuron: far outside)
+    rules = {
+        "unigram": (lambda r: _above(r["cur_vr"], t.unigram_vr),
+                    lambda r: _below(r["cur_vr"], t.unigram_vr)),
+        "alphabet": (lambda r: _above(r["alphabet_vr"], t.alphabet_vr),
+                     lambda r: r["alphabet_vr"] is None or _below(r["alphabet_vr"], t.alphabet_vr)),
+        "previous_token": (lambda r: _above(r["prev_vr"], t.previous_token_vr),
+                           lambda r: _below(r["prev_vr"], t.previous_token_vr)),
+        "position": (lambda r: _below(r["kurtosis"], t.position_kurtosis) and _above(r["position_mi"], t.position_mi),
+                     lambda r: _above(r["kurtosis"], t.position_kurtosis) or _below(r["position_mi"], t.position_mi)),
+        "semantic": (lambda r: _above(topic(r)[0], t.topic_share) and topic(r)[1] >= FAR * t.topic_min_tokens,
+                     lambda r: _below(topic(r)[0], t.topic_share) or topic(r)[1] <= t.topic_min_tokens / FAR),
+        "prediction": (lambda r: _above(r["vocab_kurtosis"], t.prediction_kurtosis) and r["vocab_skew"] >= 1,
+                       lambda r: _below(r["vocab_kurtosis"], t.prediction_kurtosis) or r["vocab_skew"] <= -1),
+        "suppression": (lambda r: _above(r["vocab_kurtosis"], t.suppression_kurtosis) and r["vocab_skew"] <= -1,
+                        lambda r: _below(r["vocab_kurtosis"], t.suppression_kurtosis) or r["vocab_skew"] >= 1),
+        "partition": (lambda r: _above(r["vocab_var"], t.partition_vocab_var)
+                      and _above(r["vocab_var_ratio"], t.partition_min_var_ratio),
+                      lambda r: _below(r["vocab_var"], t.partition_vocab_var)
+                      or _below(r["vocab_var_ratio"], t.partition_min_var_ratio)),
+        "entropy": (lambda r: depth(r) >= t.entropy_min_depth
+                    and _above(r["l2_ratio"], t.entropy_l2_ratio)
+                    and _below(r["vocab_var_ratio"], t.entropy_var_ratio)
+                    and _above(effect.get((r["layer"], r["idx"])), t.entropy_min_relative_change),
+                    lambda r: depth(r) <= t.entropy_min_depth / FAR
+                    or _below(r["l2_ratio"], t.entropy_l2_ratio)
+                    or _above(r["vocab_var_ratio"], t.entropy_var_ratio)),
+        "attention_deactivation": (lambda r: _above(attn(r), t.attention_z) and r["attn_score"] > 0,
+                                   lambda r: attn(r) is None or _below(attn(r), t.attention_z)),
+    }
+    assert set(rules) == set(p.truth)
+    close = []
+    for label, (far_inside, far_outside) in rules.items():
+        for r in table.iter_rows(named=True):
+            planted = (r["layer"], r["idx"]) in p.truth[label]
+            if not (far_inside(r) if planted else far_outside(r)):
+                close.append((label, "planted" if planted else "other", r["layer"], r["idx"]))
+    assert not close, f"neurons within a factor {FAR} of a labelling threshold: {close}"
+
+
 # ---------------------------------------------------------------- rules on hand-made rows
 
 def _row(**kw) -> dict:

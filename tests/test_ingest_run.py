@@ -19,11 +19,9 @@ from scipy import stats as sps
 
 from atlas.app.cli import main
 from atlas.errors import AtlasError
-from atlas.ingest.activations import kept_token_mask, mlp_activations, row_batches
-from atlas.ingest.store import iter_dataset_batches
 from atlas.ingest.runs.stats import StatsOptions, ingest_model
 from atlas.ingest.models import load_model
-from atlas.ingest.math.moments import histogram_edges
+from tests.reference import hf_mlp_activations
 
 RESULT_TABLES = {
     "activation_stats": "layer, idx",
@@ -64,18 +62,14 @@ def test_ingest_matches_full_matrix_references(tiny_db, tiny_cohort):
                             options=options)
     assert [o.status for o in outcomes] == ["done", "done"]
     m = load_model(str(tiny_cohort.paths[0]))
-    # the full activation matrix, over the same batches
-    pre, post, ids, index = [], [], [], []
+    # the full activation matrix from plain transformers in float64 (not the code under test), at
+    # the positions the dataset's filter rule keeps
     ctx = tiny_cohort.context_length
-    for row0, tokens in row_batches(tiny_cohort.rows, 24):
-        acts = mlp_activations(m, tokens, hooks=("pre", "post"))
-        keep = kept_token_mask(tokens, tiny_cohort.filter_rule).reshape(-1)
-        pre.append(acts["pre"].reshape(-1, m.n_neurons)[keep])
-        post.append(acts["post"].reshape(-1, m.n_neurons)[keep])
-        ids.append(tokens.reshape(-1)[keep])
-        index.append((row0 * ctx + torch.arange(tokens.numel()))[keep])
-    pre, post = torch.cat(pre).double().numpy(), torch.cat(post).double().numpy()
-    ids, index = torch.cat(ids).numpy(), torch.cat(index).numpy()
+    rows = tiny_cohort.rows.numpy()
+    keep = ~np.isin(rows, tiny_cohort.filter_rule["exclude_token_ids"]).reshape(-1)
+    acts = hf_mlp_activations(tiny_cohort.paths[0], tiny_cohort.rows)
+    pre, post = (acts[k].reshape(-1, m.n_neurons)[keep] for k in ("pre", "post"))
+    ids, index = rows.reshape(-1)[keep], np.arange(rows.size)[keep]
 
     with engine.connect() as conn:
         st = conn.execute(sa.text("SELECT * FROM activation_stats ORDER BY layer, idx")).mappings().all()
@@ -91,37 +85,46 @@ def test_ingest_matches_full_matrix_references(tiny_db, tiny_cohort):
     np.testing.assert_allclose(get("variance"), pre.var(0), rtol=1e-5)
     np.testing.assert_allclose(get("skew"), sps.skew(pre, axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(get("kurtosis"), sps.kurtosis(pre, axis=0, fisher=False), rtol=1e-5)
-    np.testing.assert_allclose(get("pre_min"), pre.min(0), rtol=1e-6)
-    np.testing.assert_allclose(get("pre_max"), pre.max(0), rtol=1e-6)
-    np.testing.assert_allclose(get("post_max"), post.max(0), rtol=1e-6)
+    np.testing.assert_allclose(get("pre_min"), pre.min(0), rtol=1e-6, atol=2e-6)
+    np.testing.assert_allclose(get("pre_max"), pre.max(0), rtol=1e-6, atol=2e-6)
+    np.testing.assert_allclose(get("post_max"), post.max(0), rtol=1e-6, atol=2e-6)
     np.testing.assert_allclose(get("post_mean"), post.mean(0), rtol=1e-5, atol=1e-8)
-    np.testing.assert_array_equal(get("act_frequency"), (post > 0).mean(0))
+    # a sign or a bin can differ only for values within float32 error (1e-5) of 0 or of an edge
+    eps = 1e-5
+    near_zero = (np.abs(pre) < eps).sum(0)
+    assert (np.abs(np.round(get("act_frequency") * pre.shape[0]) - (post > 0).sum(0)) <= near_zero).all()
+    # the paper's histogram: 256 edges evenly spaced on [-10, 15] (float32 values of them)
     edges = np.array(params["histogram_edges"])
-    assert np.array_equal(edges, histogram_edges().double().numpy())
+    np.testing.assert_allclose(edges, np.linspace(-10.0, 15.0, 256), rtol=0, atol=2e-6)
     for j in (0, 17, n - 1):
-        ref, _ = np.histogram(pre[:, j], bins=edges)
-        assert st[j]["histogram"] == ref.tolist()
+        x = pre[:, j][:, None]
+        surely = ((x >= edges[:-1] + eps) & (x < edges[1:] - eps)).sum(0)
+        possibly = ((x >= edges[:-1] - eps) & (x <= edges[1:] + eps)).sum(0)
+        stored = np.array(st[j]["histogram"])
+        assert stored.shape == (255,) and (surely <= stored).all() and (stored <= possibly).all()
     # exact top-k examples: values and the (row, position) they point to
     for j in (3, 40, n - 5):
         mine = [r for r in ex if r["layer"] * m.d_mlp + r["idx"] == j]
         assert [r["rank"] for r in mine] == list(range(1, 21))
         order = np.argsort(-post[:, j], kind="stable")[:20]
-        np.testing.assert_allclose([r["value"] for r in mine], post[order, j], rtol=1e-6)
+        np.testing.assert_allclose([r["value"] for r in mine], post[order, j], rtol=1e-6, atol=2e-6)
         for r in mine:
             flat = r["row_idx"] * ctx + r["position"]
-            assert abs(post[index == flat, j][0] - r["value"]) < 1e-6
+            assert abs(post[index == flat, j][0] - r["value"]) < 2e-6
             assert tiny_cohort.rows[r["row_idx"], r["position"]].item() not in tiny_cohort.filter_rule["exclude_token_ids"]
     # per-token mean and max for a neuron's stored tokens
     j = 7
     mine = [r for r in ta if r["layer"] * m.d_mlp + r["idx"] == j]
     assert len(mine) == 50
     means = {v: post[ids == v, j].mean() for v in np.unique(ids)}
-    best = sorted(means, key=lambda v: -means[v])[:50]
-    assert [r["token_id"] for r in mine] == best
+    stored = [r["token_id"] for r in mine]
+    ranked = np.array([means[v] for v in stored])  # the reference's means, in the stored order
+    assert (np.diff(ranked) <= 2e-6).all()  # descending (up to float32 ties)
+    assert max(means[v] for v in means if v not in stored) <= ranked[-1] + 2e-6  # and the top 50
     for r in mine[:10]:
         sel = ids == r["token_id"]
         assert r["count"] == sel.sum()
-        assert abs(r["mean_act"] - post[sel, j].mean()) < 1e-5 and abs(r["max_act"] - post[sel, j].max()) < 1e-6
+        assert abs(r["mean_act"] - post[sel, j].mean()) < 1e-5 and abs(r["max_act"] - post[sel, j].max()) < 2e-6
 
     # the same model, dataset and parameters again: a no-op
     again = ingest_model(engine, str(tiny_cohort.paths[0]), dataset="tiny", cohort="tiny", seed_label="a", options=options)
@@ -223,7 +226,12 @@ def test_sigkilled_run_resumes_to_identical_results(tiny_db, db_url, atlas_home,
     proc = subprocess.Popen(cmd + ["--batch-delay", "0.25"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     checkpoints = atlas_home / "checkpoints"
     deadline = time.monotonic() + 120
-    while not list(checkpoints.glob("stats-*.pt")):  # kill once a checkpoint exists, never on a fixed sleep
+    def progressed() -> bool:
+        with engine.connect() as conn:
+            return (conn.execute(sa.text("SELECT max(tokens_done) FROM run")).scalar() or 0) > 0
+
+    # kill once a checkpoint exists and the run reported progress, never after a fixed sleep
+    while not (list(checkpoints.glob("stats-*.pt")) and progressed()):
         assert proc.poll() is None, proc.stdout.read().decode()
         assert time.monotonic() < deadline, "no checkpoint was written within 120 s"
         time.sleep(0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -185,3 +186,60 @@ def test_gpt_neox_checkpoints_load_like_pythia(tiny_cohort, tmp_path):
         _, cache = m.bridge.run_with_cache(tokens)
     torch.testing.assert_close(acts["post"][:, :, 1], cache["blocks.1.mlp.hook_post"], rtol=0, atol=0)
     assert m.tokenizer_hash == tokenizer_fingerprint(tok)
+
+
+def _hub_cache_entry(cache: Path, repo_id: str, checkpoint: Path, revision: str) -> None:
+    """Lay ``checkpoint``'s files out in ``cache`` as the Hugging Face hub client stores a download:
+    ``models--<org>--<name>/blobs/<sha256>``, ``snapshots/<revision>/<file>`` linking to the blob,
+    and ``refs/main`` holding the revision."""
+    import hashlib
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in sorted(p for p in checkpoint.iterdir() if p.is_file()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+
+
+@pytest.mark.slow
+def test_hub_name_loads_from_a_local_hub_cache_offline(engine, db_url, tiny_cohort, tmp_path):
+    """`atlas ingest --model org/name` takes the hub-name path of load_model for real: the files
+    come from an HF_HUB_CACHE laid out like a hub download, with the hub switched off."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = tiny_cohort.tokenizer
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=32, n_ctx=32, n_embd=32, n_layer=2, n_head=4, n_inner=64,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    built = tmp_path / "built"
+    GPT2LMHeadModel(cfg).save_pretrained(built)
+    tok.save_pretrained(built)
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    _hub_cache_entry(tmp_path / "hf-home" / "hub", "atlas-test/tiny-gpt2", built, revision)
+    tiny_cohort.store_dataset(engine)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATLAS_", "HF_"))} | {
+        "ATLAS_DATABASE_URL": db_url, "ATLAS_HOME": str(tmp_path / "home"), "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "atlas.app.cli", "ingest", "--model", "atlas-test/tiny-gpt2",
+                          "--dataset", "tiny", "--device", "cpu"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    with engine.connect() as conn:
+        model = conn.execute(sa.text("SELECT id, name, source, revision, n_layers, d_mlp FROM model")).one()
+        runs = conn.execute(sa.text("SELECT kind, status FROM run WHERE model_id = :m ORDER BY kind"),
+                            {"m": model.id}).all()
+        n_stats = conn.execute(sa.text("SELECT count(*) FROM activation_stats")).scalar_one()
+    assert (model.name, model.source, model.revision) == ("atlas-test/tiny-gpt2", "atlas-test/tiny-gpt2", revision)
+    assert (model.n_layers, model.d_mlp) == (2, 64) and n_stats == 2 * 64
+    assert [tuple(r) for r in runs] == [("stats", "done"), ("weights", "done")]

@@ -75,8 +75,26 @@ def test_constant_and_empty_columns_are_undefined_not_zero():
     assert all(torch.isnan(v).all() for v in empty.values())
 
 
-@pytest.mark.parametrize("edges", [histogram_edges(), histogram_edges(-3, 3, 61), torch.linspace(-10, 15, 256),
-                                   torch.tensor([-1.0, 0.0, 0.5, 3.0, 15.0])], ids=["default", "narrow", "linspace", "uneven"])
+def _float32_grid(lo: float, hi: float, n_edges: int) -> torch.Tensor:
+    """Evenly spaced float32 edges made by float32 arithmetic, edge_i = fl(fl(i·w) + lo) with w the
+    float32 step (histogram_edges' documented construction), built here in numpy."""
+    w = np.float32((hi - lo) / (n_edges - 1))
+    return torch.from_numpy(np.arange(n_edges, dtype=np.float32) * w + np.float32(lo))
+
+
+def test_default_histogram_edges_are_the_papers():
+    # method.md §3: 256 edges on [−10, 15]
+    edges = histogram_edges()
+    assert edges.dtype == torch.float32 and edges.shape == (256,)
+    np.testing.assert_allclose(edges.double().numpy(), np.linspace(-10.0, 15.0, 256), rtol=0, atol=2e-6)
+    assert edges[0] == -10.0
+    assert torch.equal(edges, _float32_grid(-10.0, 15.0, 256))
+    assert torch.equal(histogram_edges(-3, 3, 61), _float32_grid(-3.0, 3.0, 61))
+
+
+@pytest.mark.parametrize("edges", [_float32_grid(-10.0, 15.0, 256), _float32_grid(-3.0, 3.0, 61),
+                                   torch.linspace(-10, 15, 256), torch.tensor([-1.0, 0.0, 0.5, 3.0, 15.0])],
+                         ids=["default", "narrow", "linspace", "uneven"])
 def test_histogram_matches_numpy_including_edges(edges):
     x = _planted(2000, seed=1) * 4
     x[0, 0], x[1, 0], x[2, 0], x[3, 0] = edges[0], edges[-1], edges[len(edges) // 2], -10.5  # on edges and below

@@ -183,6 +183,36 @@ def test_sql_page_answers_queries_and_refuses_writes(atlas, ui_env):
         assert conn.execute(sa.text("SELECT count(*) FROM cohort")).scalar_one() == 1
 
 
+@pytest.mark.parametrize("reader_from", ["the app", "ATLAS_READER_URL"])
+def test_the_ui_connects_as_the_reader_role(atlas, ui_env, monkeypatch, reader_from):
+    """Whether the app creates the reader itself or `atlas ui` hands it ATLAS_READER_URL, its
+    queries run as the read-only role, and a write through its engine is refused by the server."""
+    from atlas.ui import common
+
+    role = readonly.reader_role_name(ui_env.url.render_as_string(hide_password=False))
+    assert role != ui_env.url.username
+    if reader_from == "ATLAS_READER_URL":
+        monkeypatch.setenv("ATLAS_READER_URL", readonly.ensure_reader(ui_env))
+    at = _open("views/sql.py")
+    at.text_area(key="statement").set_value("SELECT current_user AS who, session_user AS login")
+    at.button[0].click().run()
+    _ok(at)
+    assert list(at.dataframe[0].value.iloc[0]) == [role, role]
+    engine = common.engine()  # the engine every page queries through
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT current_user")).scalar_one() == role
+        with pytest.raises(sa.exc.DBAPIError) as refused:
+            conn.execute(sa.text("INSERT INTO cohort (name) VALUES ('evil')"))
+    assert refused.value.orig.sqlstate == "25006"  # read_only_sql_transaction: the role's default
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET TRANSACTION READ WRITE"))
+        with pytest.raises(sa.exc.DBAPIError) as refused:
+            conn.execute(sa.text("INSERT INTO cohort (name) VALUES ('evil')"))
+    assert refused.value.orig.sqlstate == "42501"  # insufficient_privilege: and it may not write anyway
+    with ui_env.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM cohort")).scalar_one() == 1
+
+
 def _atlas(db_url: str, *args: str):
     import os
     import subprocess

@@ -49,6 +49,7 @@ def test_training_is_deterministic_per_seed_and_cached(tiny_cohort, tmp_path):
     assert not list(tmp_path.rglob("*.partial"))
 
 
+@pytest.mark.slow
 def test_shared_data_order_and_bad_configs(tmp_path):
     docs = grammar_corpus(30, seed=4)
     cfg = ZooConfig(name="z", seeds=(1, 2), n_layers=1, d_model=16, d_mlp=32, n_heads=2, n_ctx=16, vocab_size=300,

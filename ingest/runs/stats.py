@@ -171,10 +171,10 @@ def _stream(run, checkpoint: Checkpoint, loaded: LoadedModel, info: DatasetInfo,
             rows_done = row0 + b
             progress.advance(b * ctx)
             if rows_done * ctx - last_ckpt_tokens >= every and rows_done < info.n_rows:
+                progress.flush()
                 checkpoint.save({"rows_done": rows_done, "batch_size": options.batch_size,
                                  "accumulators": acc.state_dict(), "samples": sampler.state_dict()})
                 last_ckpt_tokens = rows_done * ctx
-                progress.flush()
             if options.batch_delay:
                 time.sleep(options.batch_delay)
         progress.close()

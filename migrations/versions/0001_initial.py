@@ -1,5 +1,7 @@
 """Initial schema: every table of atlas/schema.py and the documented SQL views.
 
+(Over 400 lines: it is data — every table and view of the first schema, as Alembic wrote them.)
+
 Revision ID: 0001
 Revises: 
 Create Date: 2026-11-22 05:39:12.837525
