@@ -195,3 +195,26 @@ def test_neuron_page_colours_every_token_explains_labels_and_compares_partners_o
     assert "The current token explains it: the feature token=' the' removes" in text
     assert '"variance_reduction"' not in "\n".join(m.value for m in at.markdown)  # no raw JSON in the text
 
+
+
+def test_overview_says_why_nothing_passes_and_which_threshold_shows_the_strongest(atlas):
+    at = _open("views/overview.py", threshold="0.95")
+    _ok(at)
+    text = _text(at)
+    assert "No neuron of **synth-a** has excess correlation above 0.95" in text
+    assert "median best-partner correlation is 0.13 against a median rotation baseline of 0.11" in text
+    links = {link.label: link for link in at.get("page_link")}
+    strongest = next(label for label in links if label.startswith("synth-a: the 20 strongest neurons (threshold "))
+    assert float(strongest.rsplit(" ", 1)[1].rstrip(")")) < 0.1  # the 20th strongest of 31 sits near 0
+
+
+def test_sql_page_examples_load_with_a_click_and_the_first_returns_rows(atlas):
+    at = _open("views/sql.py")
+    _ok(at)
+    run = next(b for b in at.button if b.label == "Run")
+    run.click().run()
+    _ok(at)
+    assert len(at.dataframe[0].value) == 31  # every correlated reference neuron but the dead one
+    family = next(b for b in at.button if b.label == "Family members")
+    family.click().run()
+    assert "FROM family_members" in at.text_area(key="statement").value

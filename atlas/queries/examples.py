@@ -34,15 +34,32 @@ def _window(e: str = "e") -> str:
               ORDER BY t.ord) AS tokens"""
 
 
-# the stored activations of the source neuron over the example's window (null when none are stored)
-_STORED = """
+
+def _stored_examples(engine: Engine | Connection, source: str, p: dict[str, Any], *, order: str,
+                     sampled: bool = False) -> pl.DataFrame:
+    """Examples of ``:kind`` from ``source`` (top_example rows, or with ``sampled`` sampled_example
+    rows) with their windows, and the neuron's own stored activations over them (null when no
+    examples run stored them)."""
+    kind = " AND e.kind = :kind" if sampled else ""
+    out = frame(engine, f"""
+        SELECT e.rank::int AS rank, e.value::float8 AS value, {"e.quantile::float8 AS quantile, " if sampled else ""}
+               e.row_idx, e.position::int AS position, {_window()}, act.stored_start, act.stored
+        FROM {source} e
+        JOIN run r ON r.id = e.run_id
+        JOIN model m ON m.id = e.model_id
+        JOIN dataset_row dr ON dr.dataset_id = r.dataset_id AND dr.row_idx = e.row_idx
+        CROSS JOIN LATERAL (SELECT greatest(e.position - :before, 0) AS start) w
         LEFT JOIN LATERAL (
             SELECT a.start AS stored_start, a.activations AS stored
             FROM current_example_activation a
-            WHERE a.model_id = e.model_id AND a.layer = e.layer AND a.idx = e.idx AND a.kind = {kind}
+            WHERE a.model_id = e.model_id AND a.layer = e.layer AND a.idx = e.idx AND a.kind = :kind
               AND a.rank = e.rank AND a.source_model_id = e.model_id AND a.row_idx = e.row_idx
               AND a.position = e.position
-            LIMIT 1) act ON true"""
+            LIMIT 1) act ON true
+        WHERE e.model_id = :m AND e.layer = :l AND e.idx = :i{kind}
+        ORDER BY {order}
+    """, p)
+    return _with_activations(out)
 
 
 def top_examples(engine: Engine | Connection, model: ModelRef, layer: int, idx: int, *, k: int = 20,
@@ -58,20 +75,8 @@ def top_examples(engine: Engine | Connection, model: ModelRef, layer: int, idx: 
     >>> ex.row(0, named=True)["tokens"][ex["center"][0]]                 # doctest: +SKIP
     ' the'
     """
-    p = _params(engine, model, layer, idx, before, after) | {"k": int(k)}
-    out = frame(engine, f"""
-        SELECT e.rank::int AS rank, e.value::float8 AS value, e.row_idx, e.position::int AS position, {_window()},
-               act.stored_start, act.stored
-        FROM {rows_of(engine, "top_example", run_id, p)} e
-        JOIN run r ON r.id = e.run_id
-        JOIN model m ON m.id = e.model_id
-        JOIN dataset_row dr ON dr.dataset_id = r.dataset_id AND dr.row_idx = e.row_idx
-        CROSS JOIN LATERAL (SELECT greatest(e.position - :before, 0) AS start) w
-        {_STORED.format(kind="'top'")}
-        WHERE e.model_id = :m AND e.layer = :l AND e.idx = :i
-        ORDER BY e.rank LIMIT :k
-    """, p)
-    return _with_activations(out)
+    p = _params(engine, model, layer, idx, before, after) | {"k": int(k), "kind": "top"}
+    return _stored_examples(engine, rows_of(engine, "top_example", run_id, p), p, order="e.rank LIMIT :k")
 
 
 def sampled_examples(engine: Engine | Connection, model: ModelRef, layer: int, idx: int, kind: SampleKind, *,
@@ -85,19 +90,7 @@ def sampled_examples(engine: Engine | Connection, model: ModelRef, layer: int, i
     if kind not in ("quantile", "bottom"):
         raise AtlasError(f"no {kind!r} examples — use 'quantile' or 'bottom'")
     p = _params(engine, model, layer, idx, before, after) | {"kind": kind}
-    out = frame(engine, f"""
-        SELECT e.rank::int AS rank, e.value::float8 AS value, e.quantile::float8 AS quantile, e.row_idx,
-               e.position::int AS position, {_window()}, act.stored_start, act.stored
-        FROM {rows_of(engine, "sampled_example", run_id, p)} e
-        JOIN run r ON r.id = e.run_id
-        JOIN model m ON m.id = e.model_id
-        JOIN dataset_row dr ON dr.dataset_id = r.dataset_id AND dr.row_idx = e.row_idx
-        CROSS JOIN LATERAL (SELECT greatest(e.position - :before, 0) AS start) w
-        {_STORED.format(kind=":kind")}
-        WHERE e.model_id = :m AND e.layer = :l AND e.idx = :i AND e.kind = :kind
-        ORDER BY e.rank
-    """, p)
-    return _with_activations(out)
+    return _stored_examples(engine, rows_of(engine, "sampled_example", run_id, p), p, order="e.rank", sampled=True)
 
 
 def partner_examples(engine: Engine | Connection, model: ModelRef, layer: int, idx: int, *, k: int = 5,

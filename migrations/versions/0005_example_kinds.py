@@ -38,17 +38,7 @@ VIEWS = [('current_sampled_example',
   "WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = 'stats'))",
   'sampled_example of current runs only (the newest done stats run of each subject, view latest_run); older runs: '
   'sampled_example WHERE run_id = …',
-  {'idx': "the neuron's index in its layer's MLP (hook_post[..., idx]), 0-based",
-   'kind': 'quantile | bottom',
-   'layer': "the neuron's transformer block, 0-based",
-   'model_id': "the neuron's model (model.id)",
-   'position': "the example token's position in the row, 0-based",
-   'quantile': "quantile examples: where the value sits in the neuron's firing distribution, 0..1 (estimated from "
-               'the sample); null for bottom examples',
-   'rank': 'quantile: 1 = lowest activation of the sample; bottom: 1 = most negative',
-   'row_idx': "the dataset row of the example (dataset_row.row_idx of the run's dataset)",
-   'run_id': 'the stats run that computed the row (run.id)',
-   'value': 'hook_post at that token'}),
+  'sampled_example'),
  ('current_example_activation',
   'CREATE VIEW current_example_activation AS\n'
   'SELECT x.*\n'
@@ -56,19 +46,7 @@ VIEWS = [('current_sampled_example',
   "WHERE x.run_id = ANY (ARRAY(SELECT id FROM latest_run WHERE kind = 'examples'))",
   'example_activation of current runs only (the newest done examples run of each subject, view latest_run); older '
   'runs: example_activation WHERE run_id = …',
-  {'activations': 'hook_post of the source neuron at positions start, start + 1, … of the row',
-   'idx': "the neuron's index in its layer's MLP (hook_post[..., idx]), 0-based",
-   'kind': 'which stored example: top | quantile | bottom',
-   'layer': "the neuron's transformer block, 0-based",
-   'model_id': 'the model of the neuron whose example it is (model.id)',
-   'position': "the example token's position in the row, 0-based",
-   'rank': 'its rank among examples of that kind',
-   'row_idx': "the example's dataset row (dataset_row.row_idx of the run's dataset)",
-   'run_id': 'the examples run that computed the row (run.id)',
-   'source_idx': 'index of the neuron whose activations these are',
-   'source_layer': 'layer of the neuron whose activations these are',
-   'source_model_id': "whose activations: the neuron's own model, or a partner model (model.id)",
-   'start': "position of the window's first token in the row"}),
+  'example_activation'),
  ('neuron_property_percentile',
   'CREATE VIEW neuron_property_percentile AS\n'
   'WITH p AS (\n'
@@ -170,15 +148,17 @@ def _kind_comment(text: str) -> None:
         op.execute(f"COMMENT ON COLUMN {relation}.kind IS {_quote(text)}")
 
 
+def _example_key() -> list[sa.Column]:
+    """The columns both tables are keyed by: a neuron's example of a kind and rank, in a run."""
+    return [sa.Column("run_id", sa.Integer(), nullable=False), sa.Column("model_id", sa.Integer(), nullable=False),
+            sa.Column("layer", sa.SmallInteger(), nullable=False), sa.Column("idx", sa.Integer(), nullable=False),
+            sa.Column("kind", sa.String(), nullable=False), sa.Column("rank", sa.SmallInteger(), nullable=False)]
+
+
 def upgrade() -> None:
     op.create_table(
         "sampled_example",
-        sa.Column("run_id", sa.Integer(), nullable=False),
-        sa.Column("model_id", sa.Integer(), nullable=False),
-        sa.Column("layer", sa.SmallInteger(), nullable=False),
-        sa.Column("idx", sa.Integer(), nullable=False),
-        sa.Column("kind", sa.String(), nullable=False),
-        sa.Column("rank", sa.SmallInteger(), nullable=False),
+        *_example_key(),
         sa.Column("row_idx", sa.Integer(), nullable=False),
         sa.Column("position", sa.SmallInteger(), nullable=False),
         sa.Column("value", sa.REAL(), nullable=False),
@@ -191,12 +171,7 @@ def upgrade() -> None:
     op.create_index("ix_sampled_example_model", "sampled_example", ["model_id", "layer", "idx"])
     op.create_table(
         "example_activation",
-        sa.Column("run_id", sa.Integer(), nullable=False),
-        sa.Column("model_id", sa.Integer(), nullable=False),
-        sa.Column("layer", sa.SmallInteger(), nullable=False),
-        sa.Column("idx", sa.Integer(), nullable=False),
-        sa.Column("kind", sa.String(), nullable=False),
-        sa.Column("rank", sa.SmallInteger(), nullable=False),
+        *_example_key(),
         sa.Column("source_model_id", sa.Integer(), nullable=False),
         sa.Column("source_layer", sa.SmallInteger(), nullable=False),
         sa.Column("source_idx", sa.Integer(), nullable=False),
@@ -218,8 +193,8 @@ def upgrade() -> None:
         _comment("TABLE", table, comment, columns)
     _kind_comment(RUN_KIND)
     for name, create, comment, columns in VIEWS:
-        op.execute(create)
-        _comment("VIEW", name, comment, columns)
+        op.execute(create)  # a current_<table> view's columns mean what the table's do: columns names the table
+        _comment("VIEW", name, comment, TABLE_COMMENTS[columns][1] if isinstance(columns, str) else columns)
 
 
 def downgrade() -> None:
