@@ -198,8 +198,9 @@ def test_models_cohorts_runs(engine, atlas):
 def test_neuron_page_bundle(engine, atlas):
     layer, idx = atlas.planted["punct"]["synth-a"]
     page = q.neuron_page(engine, "synth-a", layer, idx, k=4, partner_examples=2)
-    assert set(page) == {"neuron", "histogram", "vocab_effects", "top_examples", "token_activations", "partners",
-                         "edges", "labels", "features", "families", "partner_examples"}
+    assert set(page) == {"neuron", "histogram", "vocab_effects", "top_examples", "quantile_examples", "bottom_examples",
+                         "token_activations", "partners", "edges", "labels", "features", "families", "partner_examples",
+                         "partner_top_examples"}
     assert page["top_examples"].height == 4 and page["partners"].height == 2
     assert page["partner_examples"].height == 4 and set(page["partner_examples"]["other_model"]) == {"synth-b", "synth-c"}
 

@@ -68,7 +68,7 @@ def test_overview(atlas):
     assert {"Universal share per layer", "Excess correlation", "Best correlation vs baseline", "Cohorts", "Models"} <= {
         s.value for s in at.subheader}
     assert len(at.get("vega_lite_chart")) >= 2
-    models = at.dataframe[1].value
+    models = next(d.value for d in at.dataframe if "d_mlp" in d.value.columns)
     assert list(models["model"]) == ["synth-a", "synth-b", "synth-c"]
     at.sidebar.slider[0].set_value(0.9).run()  # threshold
     assert at.metric[3].value == "0"

@@ -17,8 +17,10 @@ def _query(url: str) -> dict[str, list[str]]:
     return parse_qs(urlparse(url).query)
 
 
-def _heading(page) -> str:
-    return page.locator("h3").first.inner_text()
+def _heading(page, expected: str = "") -> str:
+    """The neuron heading, once it reads ``expected`` (a page under load may still be drawing)."""
+    page.locator("h3", has_text=expected).first.wait_for(timeout=30_000)
+    return page.locator("h3", has_text=expected).first.inner_text()
 
 
 def test_a_partner_link_puts_the_partner_in_the_address_bar_and_back_returns(served_atlas, browser, artifacts):
@@ -28,21 +30,21 @@ def test_a_partner_link_puts_the_partner_in_the_address_bar_and_back_returns(ser
     partner = atlas.planted["the"]["synth-b"]
     page.goto(f"{base}/neuron?model=synth-a&layer={ref[0]}&idx={ref[1]}")
     settle(page)
-    assert _heading(page).startswith(f"synth-a · L{ref[0]} · N{ref[1]}")
+    assert _heading(page, "synth-a ·").startswith(f"synth-a · L{ref[0]} · N{ref[1]}")
 
     page.get_by_role("link", name=f"synth-b · L{partner[0]} · N{partner[1]}").first.click()
     page.wait_for_url(re.compile(rf"model=synth-b&layer={partner[0]}&idx={partner[1]}"), timeout=30_000)
     settle(page)
-    assert _heading(page).startswith(f"synth-b · L{partner[0]} · N{partner[1]}")
+    assert _heading(page, "synth-b ·").startswith(f"synth-b · L{partner[0]} · N{partner[1]}")
     page.screenshot(path=str(artifacts / "partner.png"))
     page.reload()  # the address alone names the neuron shown
     settle(page)
-    assert _heading(page).startswith(f"synth-b · L{partner[0]} · N{partner[1]}")
+    assert _heading(page, "synth-b ·").startswith(f"synth-b · L{partner[0]} · N{partner[1]}")
 
     page.go_back()
     page.wait_for_url(re.compile(rf"model=synth-a&layer={ref[0]}&idx={ref[1]}"), timeout=30_000)
     settle(page)
-    assert _heading(page).startswith(f"synth-a · L{ref[0]} · N{ref[1]}")
+    assert _heading(page, "synth-a ·").startswith(f"synth-a · L{ref[0]} · N{ref[1]}")
 
 
 def open_selected_neuron(page) -> None:

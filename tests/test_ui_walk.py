@@ -24,8 +24,10 @@ def _query(url: str) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs(urlparse(url).query).items()}
 
 
-def _heading(page) -> str:
-    return page.locator("h3").first.inner_text()
+def _heading(page, expected: str) -> str:
+    """The neuron heading, once it reads ``expected`` (a page under load may still be drawing)."""
+    page.locator("h3", has_text=expected).first.wait_for(timeout=30_000)
+    return page.locator("h3", has_text=expected).first.inner_text()
 
 
 def _coloured_tokens(page) -> int:
@@ -72,7 +74,7 @@ def test_overview_universal_neuron_partner_back_back(served_atlas, browser, engi
     neuron_url = page.url
     assert _query(neuron_url) == {"model": "synth-a", "layer": str(first["layer"]), "idx": str(first["idx"]),
                                   "threshold": "0.2"}
-    assert _heading(page).startswith(label) and "universal (excess > 0.2)" in _heading(page)
+    assert _heading(page, label).startswith(label) and "universal (excess > 0.2)" in _heading(page, label)
     assert page.title() == f"{label} — Neuron Atlas"
     assert _coloured_tokens(page) > 5 * 3  # every token of the top examples, not only the peak
     assert page.get_by_text("Best partner in every other seed").is_visible()
@@ -86,14 +88,14 @@ def test_overview_universal_neuron_partner_back_back(served_atlas, browser, engi
     page.wait_for_url(re.compile(rf"model=synth-b&layer={layer}&idx={idx}"), timeout=30_000)
     settle(page)
     assert _query(page.url) == {"model": "synth-b", "layer": str(layer), "idx": str(idx), "threshold": "0.2"}
-    assert _heading(page).startswith(partner)
+    assert _heading(page, partner).startswith(partner)
     shot("partner")
 
     # 5. Back: the neuron again
     page.go_back()
     page.wait_for_url(neuron_url, timeout=30_000)
     settle(page)
-    assert _heading(page).startswith(label)
+    assert _heading(page, label).startswith(label)
     shot("back-to-neuron")
 
     # 6. Back: the universal list as it was, threshold 0.2
