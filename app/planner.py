@@ -4,10 +4,11 @@ For every dataset and cohort of a manifest, ``plan`` compares what should be the
 finished runs in the database and returns the steps whose prerequisites are met, in order:
 
     build the dataset → ingest each model (weights + stats) → correlate the cohort once all its
-    models are in → classify the cohort once its correlation is in
+    models are in → then both: store the activations around every example (``examples``) and
+    classify the cohort
 
-A cohort that gained a model is stale: its newest correlation and classification cover another
-model set, so both are planned again (new runs; the old ones stay queryable). A worker runs the
+A cohort that gained a model is stale: its newest correlation, examples and classification cover
+another model set, so all are planned again (new runs; the old ones stay queryable). A worker runs the
 steps from the queue (``atlas.app.queue``); ``run_in_process`` runs them here until nothing is
 missing (``atlas demo``). Each step is one typed task of ``atlas.ingest.tasks``.
 """
@@ -30,7 +31,7 @@ class Step:
     """One unit of work: the ingest task to run and its keyword arguments. ``key`` names the step;
     it is the queueing lock and the lock of its job (never queued twice, never run twice at once)."""
 
-    task: str  # build_dataset | ingest_model | correlate_cohort | classify_cohort
+    task: str  # build_dataset | ingest_model | correlate_cohort | examples_cohort | classify_cohort
     kwargs: dict[str, Any] = field(hash=False)
     key: str = ""
 
@@ -60,6 +61,11 @@ class _Done:
         found = [r for r in self.runs if r["kind"] == "correlation" and r["cohort"] == cohort
                  and r["dataset"] == dataset and r["params"].get("reference") == reference
                  and sorted([reference, *r["params"].get("partners", [])]) == models]
+        return found[-1] if found else None
+
+    def examples(self, cohort: str, dataset: str, models: list[str]) -> dict[str, Any] | None:
+        found = [r for r in self.runs if r["kind"] == "examples" and r["cohort"] == cohort
+                 and r["dataset"] == dataset and sorted(r["params"].get("models", [])) == models]
         return found[-1] if found else None
 
     def classification(self, cohort: str, dataset: str, models: list[str]) -> dict[str, Any] | None:
@@ -106,6 +112,10 @@ def plan(engine: Engine, manifest: Manifest) -> list[Step]:
                     "cohort": cohort.name, "dataset": cohort.dataset, "reference": reference, "models": names,
                 }, key=f"correlate:{cohort.name}:{cohort.dataset}:{_digest(names)}"))
                 continue
+        examples = done.examples(cohort.name, cohort.dataset, names)
+        if examples is None or (correlate and examples["finished_at"] < correlation["finished_at"]):
+            steps.append(Step("examples_cohort", {"cohort": cohort.name, "dataset": cohort.dataset},
+                              key=f"examples:{cohort.name}:{cohort.dataset}:{_digest(names)}"))
         classification = done.classification(cohort.name, cohort.dataset, names)
         stale = classification is not None and correlate and classification["finished_at"] < correlation["finished_at"]
         if cohort.classify and (classification is None or stale):

@@ -208,7 +208,11 @@ def reader_engine(url: str | None = None) -> Engine:
 
 # Starting points shown on the SQL page (and in docs/queries.md); all use the documented views.
 SQL_EXAMPLES: dict[str, str] = {
-    "Universal neurons, strongest first": (
+    "Strongest neurons by excess correlation": (
+        "SELECT model, layer, idx, round(excess::numeric, 3) AS excess, round(mean_corr::numeric, 3) AS mean_corr,\n"
+        "       round(mean_baseline::numeric, 3) AS baseline, labels\n"
+        "FROM neuron_overview\nWHERE excess IS NOT NULL\nORDER BY excess DESC\nLIMIT 50"),
+    "Universal neurons (excess > 0.5), strongest first": (
         "SELECT model, layer, idx, round(excess::numeric, 3) AS excess, round(mean_corr::numeric, 3) AS mean_corr,\n"
         "       round(mean_baseline::numeric, 3) AS baseline, labels\n"
         "FROM universal_neuron\nORDER BY excess DESC\nLIMIT 50"),
@@ -226,6 +230,10 @@ SQL_EXAMPLES: dict[str, str] = {
         "WHERE max_corr > 0.8\nORDER BY max_corr DESC\nLIMIT 50"),
     "Family members": (
         "SELECT family, model, layer, idx, score\nFROM family_members\nORDER BY family, model, layer, idx"),
+    "Universal vs other neurons: median percentile within layer": (
+        "SELECT model, property, excess > 0.5 AS universal, count(*) AS neurons,\n"
+        "       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY percentile)::numeric, 1) AS median_percentile\n"
+        "FROM neuron_property_percentile\nWHERE percentile IS NOT NULL\nGROUP BY 1, 2, 3\nORDER BY 1, 2, 3"),
 }
 
 @dataclass(frozen=True)

@@ -13,7 +13,10 @@ need no id lookups. Tables, in the order data flows:
 - ``cohort``, ``model``, ``neuron``: models that differ only by seed, their shapes and provenance.
 - ``dataset``, ``dataset_row``: tokenised context rows that examples point into.
 - ``run``: one computation (kind, subject, parameters, status, progress, timings, error).
-- ``activation_stats``, ``top_example``, ``token_activation``: per-neuron activation statistics.
+- ``activation_stats``, ``top_example``, ``sampled_example``, ``token_activation``: per-neuron
+  activation statistics and examples.
+- ``example_activation``: activations over the stored examples' windows (a neuron's own, and its
+  best partners' over a reference neuron's top examples).
 - ``weight_stats``: per-neuron statistics of processed weights (no data needed).
 - ``pair_correlation``, ``correlation_edge``, ``neuron_universality``: cross-seed correlation.
 - ``neuron_feature``, ``neuron_label``, ``family``, ``family_member``: explanations and families.
@@ -207,7 +210,7 @@ class Run(Base):
 
     __tablename__ = "run"
     id: Mapped[int] = _id("run")
-    kind: Mapped[str] = mapped_column(comment="what it computes: stats | weights | correlation | classify")
+    kind: Mapped[str] = mapped_column(comment="what it computes: stats | weights | correlation | examples | classify")
     key: Mapped[str] = mapped_column(unique=True, comment="kind, subject and a hash of params: same key, same computation")
     model_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("model.id", ondelete="CASCADE"), index=True,
@@ -274,6 +277,56 @@ class TopExample(Base):
     row_idx: Mapped[int] = mapped_column(comment="the dataset row of the example (dataset_row.row_idx of the run's dataset)")
     position: Mapped[int] = mapped_column(sa.SmallInteger, comment="the activating token's position in the row, 0-based")
     value: Mapped[float] = mapped_column(REAL, comment="hook_post at that token")
+
+
+class SampledExample(Base):
+    """Examples of a neuron beyond its top activations, from the same streaming pass: ``quantile``
+    examples drawn from a uniform sample of the tokens where it fires (``hook_post > 0``), evenly
+    across that distribution's quantiles, and ``bottom`` examples, its most negative ``hook_post``.
+    Written by stats runs."""
+
+    __tablename__ = "sampled_example"
+    run_id: Mapped[int] = _run_fk("stats")
+    model_id: Mapped[int] = _model_fk()
+    layer: Mapped[int] = _layer()
+    idx: Mapped[int] = _idx()
+    kind: Mapped[str] = mapped_column(primary_key=True, comment="quantile | bottom")
+    rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True,
+                                      comment="quantile: 1 = lowest activation of the sample; bottom: 1 = most negative")
+    row_idx: Mapped[int] = mapped_column(comment="the dataset row of the example (dataset_row.row_idx of the run's dataset)")
+    position: Mapped[int] = mapped_column(sa.SmallInteger, comment="the example token's position in the row, 0-based")
+    value: Mapped[float] = mapped_column(REAL, comment="hook_post at that token")
+    quantile: Mapped[float | None] = mapped_column(
+        REAL, comment="quantile examples: where the value sits in the neuron's firing distribution, 0..1 "
+                      "(estimated from the sample); null for bottom examples")
+    __table_args__ = (sa.Index("ix_sampled_example_model", "model_id", "layer", "idx"),)
+
+
+class ExampleActivation(Base):
+    """``hook_post`` of one neuron over the window of a stored example: every token's activation, so
+    an example can be coloured token by token. The example belongs to neuron (model_id, layer, idx)
+    (its top, quantile or bottom example of that rank); the activations are of (source_model_id,
+    source_layer, source_idx): the neuron itself, or, for a reference neuron's top examples, its best
+    partner in another seed on the same text. Written by examples runs."""
+
+    __tablename__ = "example_activation"
+    run_id: Mapped[int] = _run_fk("examples")
+    model_id: Mapped[int] = _model_fk(comment="the model of the neuron whose example it is (model.id)")
+    layer: Mapped[int] = _layer()
+    idx: Mapped[int] = _idx()
+    kind: Mapped[str] = mapped_column(primary_key=True, comment="which stored example: top | quantile | bottom")
+    rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, comment="its rank among examples of that kind")
+    source_model_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("model.id", ondelete="CASCADE"), primary_key=True,
+        comment="whose activations: the neuron's own model, or a partner model (model.id)")
+    source_layer: Mapped[int] = mapped_column(LAYER, comment="layer of the neuron whose activations these are")
+    source_idx: Mapped[int] = mapped_column(comment="index of the neuron whose activations these are")
+    row_idx: Mapped[int] = mapped_column(comment="the example's dataset row (dataset_row.row_idx of the run's dataset)")
+    position: Mapped[int] = mapped_column(sa.SmallInteger, comment="the example token's position in the row, 0-based")
+    start: Mapped[int] = mapped_column(sa.SmallInteger, comment="position of the window's first token in the row")
+    activations: Mapped[list[float]] = mapped_column(
+        comment="hook_post of the source neuron at positions start, start + 1, … of the row")
+    __table_args__ = (sa.Index("ix_example_activation_model", "model_id", "layer", "idx"),)
 
 
 class TokenActivation(Base):

@@ -12,8 +12,9 @@ Layers, each built on the one before:
 - ``latest_run``: the current run of each subject;
 - ``current_activation_stats`` … ``current_family``: a result table's rows of current runs;
 - ``neuron_overview``, ``universal_neurons(threshold)``, ``universal_neuron``, ``layer_universality``,
-  ``best_partner``, ``token_neuron``, ``top_example_text``, ``family_members``: the documented views
-  (docs/queries.md), each with the run id(s) that filled it.
+  ``best_partner``, ``token_neuron``, ``top_example_text``, ``family_members``,
+  ``neuron_property_percentile``: the documented views (docs/queries.md), each with the run id(s)
+  that filled it.
 
 Every view and view column gets a COMMENT (table comments live in atlas/schema.py), so ``\\d+``
 in psql and the UI's SQL page explain them. Migrations COPY the SQL they apply from here (a
@@ -39,6 +40,7 @@ RESULT_TABLES: dict[str, str] = {
     "weight_stats": "weights",
     "pair_correlation": "correlation", "correlation_edge": "correlation", "neuron_universality": "correlation",
     "neuron_feature": "classify", "neuron_label": "classify", "family": "classify",
+    "sampled_example": "stats", "example_activation": "examples",
 }
 
 
@@ -251,6 +253,53 @@ JOIN model m ON m.id = fm.model_id""",
     | {"seed_label": "the member model's seed label", "score": "the member's label score",
        "run_id": "the classify run (run.id)"})
 
+# The paper's comparison of universal and other neurons: each property ranked within its layer.
+PROPERTIES: dict[str, tuple[str, str]] = {  # property -> (source column, what it is)
+    "act_frequency": ("a.act_frequency", "activation frequency: share of tokens with hook_post > 0"),
+    "mean": ("a.mean", "mean of hook_pre"),
+    "skew": ("a.skew", "skewness of hook_pre"),
+    "kurtosis": ("a.kurtosis", "kurtosis of hook_pre"),
+    "input_bias": ("w.input_bias", "the input bias b_in"),
+    "in_out_sim": ("w.in_out_sim", "cos(w_in, w_out)"),
+    "l2_penalty": ("w.l2_penalty", "weight norm: ‖w_in‖² + ‖w_out‖² (the weight-decay penalty)"),
+    "w_out_norm": ("w.w_out_norm", "‖w_out‖"),
+    "vocab_kurtosis": ("w.vocab_kurtosis", "kurtosis of cos(w_out, W_U) over the vocabulary"),
+    "vocab_skew": ("w.vocab_skew", "skewness of cos(w_out, W_U) over the vocabulary"),
+}
+_VALUES = ",\n                                   ".join(
+    f"('{name}', {column}::float8)" for name, (column, _) in PROPERTIES.items())
+
+NEURON_PROPERTY_PERCENTILE = View(
+    name="neuron_property_percentile",
+    comment="Every reference neuron of the current correlation runs, one row per property (activation frequency, "
+            "skew, kurtosis, input bias, weight norms, vocab kurtosis and skew, …): its value and its percentile "
+            "within its layer, as the paper normalises (scipy percentileofscore, kind 'rank', over the layer's "
+            "neurons), with its excess correlation: compare universal neurons (excess > a threshold) with the rest.",
+    sql=f"""CREATE VIEW neuron_property_percentile AS
+WITH p AS (
+    SELECT u.model_id, u.layer, u.idx, u.excess, u.run_id, v.property, v.value
+    FROM current_neuron_universality u
+    LEFT JOIN current_activation_stats a ON a.model_id = u.model_id AND a.layer = u.layer AND a.idx = u.idx
+    LEFT JOIN current_weight_stats w ON w.model_id = u.model_id AND w.layer = u.layer AND w.idx = u.idx
+    CROSS JOIN LATERAL (VALUES {_VALUES}) AS v(property, value)
+)
+SELECT m.name AS model, p.model_id, p.layer, p.idx, p.excess, p.property, p.value,
+       CASE WHEN p.value IS NOT NULL THEN
+            50.0 * ((rank() OVER ordered - 1) + cume_dist() OVER ordered * count(*) OVER layer_property + 1)
+                 / count(p.value) OVER layer_property END AS percentile,
+       p.run_id
+FROM p
+JOIN model m ON m.id = p.model_id
+WINDOW layer_property AS (PARTITION BY p.model_id, p.layer, p.property),
+       ordered AS (PARTITION BY p.model_id, p.layer, p.property ORDER BY p.value NULLS LAST)""",
+    columns=_neuron_columns() | {
+        "excess": "the neuron's excess correlation (current correlation run): universal when above a threshold",
+        "property": "which property: " + "; ".join(f"{k} = {v[1]}" for k, v in PROPERTIES.items()),
+        "value": "the property's value (current stats and weights runs; null: not computed or undefined)",
+        "percentile": "percentile of value among the neurons of the same model and layer, 0..100 (scipy "
+                      "percentileofscore, kind 'rank': ties get the mean rank; null when value is null)",
+        "run_id": "the correlation run of the excess (run.id)"})
+
 # In dependency order: each view reads only views defined before it.
 RUN_STATE = View(
     name="run_state",
@@ -307,6 +356,7 @@ WHERE j.task_name <> 'atlas.reconcile'""",
 VIEWS: tuple[View, ...] = (
     LATEST_RUN, *(_current(t) for t in RESULT_TABLES), NEURON_OVERVIEW, UNIVERSAL_NEURONS, UNIVERSAL_NEURON,
     LAYER_UNIVERSALITY, BEST_PARTNER, TOKEN_NEURON, TOP_EXAMPLE_TEXT, FAMILY_MEMBERS, RUN_STATE, QUEUE_JOB,
+    NEURON_PROPERTY_PERCENTILE,
 )
 
 

@@ -12,9 +12,17 @@ random but shaped like a real one: two seed cohorts of 5 models with 24 layers �
 partners (pair rows both ways, top-5 edges), ~4 % universal neurons, labels and families,
 top-20 examples per neuron into a stored dataset, 10 top tokens per neuron, and 64-bin histograms.
 
-Measured: ``queries.neuron_page`` (all 11 frames the neuron page shows, including each partner's
-examples) for random neurons of random models, and ``queries.universal_neurons`` as the universal
-page calls it (a cohort, threshold 0.5, the first 2,000 rows) plus variants. Results go to
+Since issue 11 the atlas also holds, per neuron, 10 quantile and 10 most-negative examples
+(``sampled_example``) and the activation windows of its 40 examples plus, for reference neurons, each
+partner's window on its top 10 (``example_activation``, 33 values each).
+
+Measured: ``queries.neuron_page`` (every frame the neuron page shows: record, histogram, vocabulary
+effects, top / quantile / most-negative examples with every token's activation, tokens, partners and
+their activations on this neuron's examples, edges, labels, features, families) for random neurons of
+random models, against a baseline in the same run — the frames the page showed before issue 11
+(``neuron_page_before``: no sampled examples, no windows, each partner's own top examples) — timed on
+the same neurons in alternating order; and ``queries.universal_neurons`` as the universal page calls
+it (a cohort, threshold 0.5, the first 2,000 rows) plus variants. Results go to
 bench/results/queries.json and .md. Not a test: no timing is asserted anywhere.
 """
 
@@ -40,6 +48,7 @@ from atlas.runs import begin_run
 RESULTS = Path(__file__).parent / "results"
 VOCAB = 50_257
 TOP_K, TOKENS_PER_NEURON, EDGES_K, HIST_BINS = 20, 10, 5, 64
+SAMPLED_K, PARTNER_K, WINDOW = 10, 10, 33  # quantile and bottom examples each; partner windows; window length
 N_ROWS, CTX = 20_000, 128
 
 
@@ -124,9 +133,22 @@ def generate(engine: sa.Engine, *, n_models: int, n_layers: int, d_mlp: int, see
                          + np.tile(np.arange(TOKENS_PER_NEURON), n)).astype(np.int32),
             "count": rng.integers(1, 1000, tok_n, dtype=np.int32), "mean_act": rng.gamma(2, 0.5, tok_n).astype(np.float32),
             "max_act": rng.gamma(4, 1, tok_n).astype(np.float32)})
+        s_n = n * 2 * SAMPLED_K
+        sampled = pl.DataFrame({
+            "model_id": np.full(s_n, model_id), "layer": np.repeat(layer, 2 * SAMPLED_K),
+            "idx": np.repeat(idx, 2 * SAMPLED_K),
+            "kind": np.tile(np.repeat(np.array(["quantile", "bottom"]), SAMPLED_K), n),
+            "rank": np.tile(np.tile(np.arange(1, SAMPLED_K + 1, dtype=np.int16), 2), n),
+            "row_idx": rng.integers(0, N_ROWS, s_n, dtype=np.int32),
+            "position": rng.integers(1, CTX, s_n, dtype=np.int16),
+            "value": rng.gamma(2, 0.5, s_n).astype(np.float32),
+            "quantile": np.tile(np.concatenate([np.linspace(0.05, 0.95, SAMPLED_K), np.full(SAMPLED_K, np.nan)]),
+                                n).astype(np.float32)}).with_columns(pl.col("quantile").fill_nan(None))
         run = begin_run(engine, "stats", model_id=model_id, dataset_id=dataset, params={"histogram_edges": edges, "bench": 1})
         with run:
-            run.publish({"activation_stats": stats, "top_example": examples, "token_activation": tokens})
+            run.publish({"activation_stats": stats, "top_example": examples, "token_activation": tokens,
+                         "sampled_example": sampled})
+        add("sampled_example", s_n)
         ids = rng.integers(0, VOCAB, (n, 40), dtype=np.int64)
         vals = np.sort(rng.normal(0, 1, (n, 40)), axis=1)
         weights = pl.DataFrame({
@@ -179,6 +201,12 @@ def generate(engine: sa.Engine, *, n_models: int, n_layers: int, d_mlp: int, see
                          "neuron_universality": uni})
         add("pair_correlation", sum(f.height for f in pair)); add("correlation_edge", sum(f.height for f in edge))
         add("neuron_universality", n)
+        windows = _windows(rng, ref_id, layer, idx, [(ref_id, None)] + [(p, None) for p in partners], n_layers, d_mlp)
+        run = begin_run(engine, "examples", model_id=ref_id, cohort_id=cohort, dataset_id=dataset,
+                        params={"bench": 1, "reference": ref_id})
+        with run:
+            run.publish({"example_activation": windows})
+        add("example_activation", windows.height)
         print(f"  model {ref_id}: correlation in {time.perf_counter() - t0:.1f} s", flush=True)
 
     for cohort in sorted({c for _, c in models}):
@@ -213,6 +241,49 @@ def generate(engine: sa.Engine, *, n_models: int, n_layers: int, d_mlp: int, see
     return {"seconds": time.perf_counter() - started, "rows": counts}
 
 
+def _windows(rng: np.random.Generator, model_id: int, layer: np.ndarray, idx: np.ndarray, sources: list,
+             n_layers: int, d_mlp: int) -> pl.DataFrame:
+    """Windows of every example of the model's neurons (own: 20 top, 10 quantile, 10 bottom) and of each
+    partner on its top 10, with random activations (shapes as an examples run writes them)."""
+    n = layer.size
+    kinds = ["top"] * TOP_K + ["quantile"] * SAMPLED_K + ["bottom"] * SAMPLED_K
+    ranks = list(range(1, TOP_K + 1)) + list(range(1, SAMPLED_K + 1)) * 2
+    parts = []
+    for source, _ in sources:
+        own = source == model_id
+        k = len(kinds) if own else PARTNER_K
+        m = n * k
+        parts.append(pl.DataFrame({
+            "model_id": np.full(m, model_id), "layer": np.repeat(layer, k), "idx": np.repeat(idx, k),
+            "kind": np.tile(np.array(kinds[:k]), n), "rank": np.tile(np.array(ranks[:k], dtype=np.int16), n),
+            "source_model_id": np.full(m, source),
+            "source_layer": np.repeat(layer, k) if own else rng.integers(0, n_layers, m, dtype=np.int16),
+            "source_idx": np.repeat(idx, k) if own else rng.integers(0, d_mlp, m, dtype=np.int32),
+            "row_idx": rng.integers(0, N_ROWS, m, dtype=np.int32), "position": rng.integers(24, CTX - 8, m, dtype=np.int16),
+            "start": np.zeros(m, dtype=np.int16),
+            "activations": pl.Series(rng.normal(0, 1, (m, WINDOW)).astype(np.float32).tolist(),
+                                     dtype=pl.List(pl.Float32))}).with_columns((pl.col("position") - 24).alias("start")))
+    return pl.concat(parts)
+
+
+def neuron_page_before(engine: sa.Engine, model: str, layer: int, idx: int) -> dict[str, pl.DataFrame]:
+    """The baseline: the frames the neuron page showed before issue 11 (no sampled examples, no windows,
+    each partner's own top 5 examples), through the same connection handling as ``neuron_page``."""
+    from atlas.queries._sql import connect, model_id
+
+    with connect(engine) as conn:
+        m = model_id(conn, model)
+        page = {"neuron": queries.neuron(conn, m, layer, idx), "vocab_effects": queries.vocab_effects(conn, m, layer, idx),
+                "top_examples": queries.top_examples(conn, m, layer, idx),
+                "token_activations": queries.token_activations(conn, m, layer, idx),
+                "partners": queries.best_partners(conn, m, layer, idx),
+                "edges": queries.partner_edges(conn, m, layer, idx), "labels": queries.labels(conn, m, layer, idx),
+                "features": queries.features(conn, m, layer, idx), "families": queries.neuron_families(conn, m, layer, idx)}
+        page["partner_examples"] = [queries.top_examples(conn, int(r["other_model_id"]), r["best_layer"], r["best_idx"], k=5)
+                                    for r in page["partners"].iter_rows(named=True) if r["best_layer"] is not None]
+    return page
+
+
 def _percentiles(samples: list[float]) -> dict[str, float]:
     ms = sorted(s * 1000 for s in samples)
     return {"n": len(ms), "p50_ms": round(statistics.median(ms), 2),
@@ -229,15 +300,25 @@ def measure(engine: sa.Engine, *, n_pages: int, n_lists: int, seed: int = 1) -> 
         queries.neuron_page(engine, names[0], 0, int(rng.integers(shapes[0][1])))
         queries.universal_neurons(engine, cohort=cohorts[0], limit=2000)
 
-    samples, parts = [], {}
-    for _ in range(n_pages):
+    samples, before, parts = [], [], {}
+    for i in range(n_pages):
         m = int(rng.integers(len(names)))
         layer, idx = int(rng.integers(shapes[m][0])), int(rng.integers(shapes[m][1]))
-        t0 = time.perf_counter()
-        page = queries.neuron_page(engine, names[m], layer, idx)
-        samples.append(time.perf_counter() - t0)
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):  # alternate the order: neither runs on warmer caches
+            t0 = time.perf_counter()
+            if which == 0:
+                page = queries.neuron_page(engine, names[m], layer, idx)
+                samples.append(time.perf_counter() - t0)
+            else:
+                neuron_page_before(engine, names[m], layer, idx)
+                before.append(time.perf_counter() - t0)
         assert page["neuron"].height == 1 and page["top_examples"].height == TOP_K
+        assert page["quantile_examples"].height == SAMPLED_K
+        assert page["partner_examples"].height == 5 * page["partners"].height
     out["neuron_page"] = _percentiles(samples)
+    out["neuron_page_before"] = _percentiles(before)
+    out["neuron_page_ratio"] = {"p50": round(out["neuron_page"]["p50_ms"] / out["neuron_page_before"]["p50_ms"], 2),
+                                "p95": round(out["neuron_page"]["p95_ms"] / out["neuron_page_before"]["p95_ms"], 2)}
     for name, call in {
         "neuron": lambda n, l, i: queries.neuron(engine, n, l, i),
         "top_examples": lambda n, l, i: queries.top_examples(engine, n, l, i),
@@ -266,9 +347,11 @@ def measure(engine: sa.Engine, *, n_pages: int, n_lists: int, seed: int = 1) -> 
         "layer_universality_cohort": lambda c: queries.layer_universality(engine, cohort=c),
         "correlation_distribution_cohort": lambda c: queries.correlation_distribution(engine, cohort=c),
         "universal_properties_model": lambda c: queries.universal_properties(engine, model=f"{c}-a"),
+        "family_counts_universal": lambda c: queries.family_counts(engine, threshold=0.5),
+        "universality_summary": lambda c: queries.universality_summary(engine, threshold=0.5),
         "layer_summary_all": lambda c: queries.layer_summary(engine),
     }
-    slow = {"universal_properties_model", "layer_summary_all", "universal_list_all_rows", "universal_list_by_kurtosis",
+    slow = {"universal_properties_model", "layer_summary_all", "family_counts_universal", "universality_summary", "universal_list_all_rows", "universal_list_by_kurtosis",
             "correlation_distribution_cohort", "layer_universality_cohort"}
     rows = {}
     for name, call in variants.items():
@@ -340,18 +423,23 @@ def _markdown(report: dict) -> str:
     lines += ["", "| query | n | p50 ms | p95 ms | max ms | rows | target |", "| --- | --- | --- | --- | --- | --- | --- |"]
     targets = {"neuron_page": "≤ 50 ms p95", "universal_list": "≤ 200 ms"}
     for name, v in r.items():
-        if name == "neuron_page_parts":
+        if name in ("neuron_page_parts", "neuron_page_ratio"):
             continue
         lines.append(f"| {name} | {v['n']} | {v['p50_ms']} | {v['p95_ms']} | {v['max_ms']} | {v.get('rows', '')} | "
                      f"{targets.get(name, '')} |")
+    if "neuron_page_ratio" in r:
+        lines += ["", f"Neuron page against the page before issue 11 (same neurons, same run, alternating order): "
+                      f"{r['neuron_page_ratio']['p50']}× at p50, {r['neuron_page_ratio']['p95']}× at p95."]
     lines += ["", "Neuron page, single queries:", "", "| query | p50 ms | p95 ms |", "| --- | --- | --- |"]
     for name, v in r["neuron_page_parts"].items():
         lines.append(f"| {name} | {v['p50_ms']} | {v['p95_ms']} |")
     lines += ["", "The overview's whole-atlas aggregates (`*_cohort`, `universal_properties_model`, `layer_summary_all`) "
                   "scan every neuron; the UI caches them until a run finishes (`queries.data_version`)."]
-    lines += ["", "`neuron_page` = every frame the neuron page shows (record, histogram, vocabulary effects, top "
-                  "examples with decoded windows, token activations, best partners, edges, labels, features, "
-                  "families) plus the top examples of each of the 4 best partners: 16 queries. `universal_list` = "
+    lines += ["", "`neuron_page` = every frame the neuron page shows (record, histogram, vocabulary effects, top, "
+                  "quantile and most-negative examples with every token's activation, token activations, best "
+                  "partners and their activations on this neuron's top examples, edges, labels, features, families): "
+                  "13 queries. `neuron_page_before` = the frames of the page before issue 11 (no sampled examples, "
+                  "no windows, the top examples of each of the 4 best partners): 14 queries. `universal_list` = "
                   "the universal page's default (a cohort, excess > 0.5, first 2,000 rows by excess).", ""]
     return "\n".join(lines)
 

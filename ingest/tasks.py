@@ -88,6 +88,16 @@ def correlate_cohort(*, cohort: str, dataset: str, reference: str | None, models
         **({"checkpoint_tokens": every} if every else {})))
 
 
+@blueprint.task(name="examples_cohort", queue=QUEUE, retry=RETRY)
+def examples_cohort(*, cohort: str, dataset: str) -> None:
+    """Store every token's activation around each stored example of the cohort's models, and the
+    reference's best partners on its top examples (after the correlation)."""
+    from atlas.ingest.runs.examples import ExamplesOptions, run_examples
+
+    print(run_examples(_engine(), cohort, dataset, ExamplesOptions(device=_device(), progress=False)).describe(),
+          flush=True)
+
+
 @blueprint.task(name="classify_cohort", queue=QUEUE, retry=RETRY)
 def classify_cohort(*, cohort: str, dataset: str, models: list[str]) -> None:
     """Label the neurons of ``models`` of ``cohort`` on ``dataset`` (families across their seeds)."""
@@ -99,4 +109,4 @@ def classify_cohort(*, cohort: str, dataset: str, models: list[str]) -> None:
                  ClassifyOptions(device=_device(), progress=False, universal_only=False))
 
 
-STEPS = {task.name: task for task in (build_dataset, ingest_model, correlate_cohort, classify_cohort)}
+STEPS = {task.name: task for task in (build_dataset, ingest_model, correlate_cohort, examples_cohort, classify_cohort)}

@@ -2,7 +2,7 @@
 
 ``build_synthetic_atlas(engine)`` fills a migrated database with a tokenizer and vocabulary, a
 cohort of 3 models × 2 layers × 16 neurons, a token dataset, and done runs of every kind
-(``stats``, ``weights``, ``correlation``, ``classify``). Every model has the same five *planted
+(``stats``, ``weights``, ``correlation``, ``examples``, ``classify``). Every model has the same five *planted
 features*, at different (layer, idx) in each model: ``the`` (fires on ' the'), ``newline`` (fires on
 newlines), ``prev_the`` (fires after ' the'), ``position`` (grows with the position) and ``punct``
 (fires on punctuation); all other neurons are independent noise, and one neuron per model is dead
@@ -12,15 +12,20 @@ newlines), ``prev_the`` (fires after ' the'), ``position`` (grows with the posit
 What is computed and what is written by hand (tests must know which is which):
 
 - **computed** from the planted activations, in float64 numpy (no torch, not the ingestion code):
-  activation statistics and histograms, top examples, per-token activations, cross-seed
-  correlations with a random orthogonal rotation baseline (so the planted neurons come out
-  universal and nothing else does), and the variance-reduction features of ``neuron_feature``;
+  activation statistics and histograms, top examples, quantile examples (one at the middle of
+  each fifth of the sorted firing values; exact, where ingestion samples) and the most negative
+  examples, per-token activations, cross-seed correlations with a random orthogonal rotation
+  baseline (so the planted neurons come out universal and nothing else does), the activation
+  windows of every example (24 tokens before, 8 after) and of each partner's best neuron over the
+  reference's top-3 examples, and the variance-reduction features of ``neuron_feature``;
 - **random**: weight statistics (each model's "prediction" neuron gets three boosted tokens);
 - **written from the ground truth, not computed**: labels and families. Each planted neuron gets
   its feature's label (score: its variance reduction), each model's prediction neuron the label
   ``prediction``, and each feature one family of its three planted neurons. The classifier that
   computes labels and families from real models is tested in test_families.py and
-  test_classify_run.py; here the rows only give the query layer something known to read.
+  test_classify_run.py; here the rows only give the query layer something known to read. The
+  classify run's ``params.result.label_counts`` lists every label "evaluated", 0 for alphabet and
+  suppression (as a real run records labels it found nothing for).
 
 A query test may therefore assert planted positions, the stored data and the written label and
 family rows; re-checking a formula this fixture used to write a column (e.g. ``excess =
@@ -166,6 +171,41 @@ def _nanmax_arg(rho: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return val, np.where(np.isnan(val), -1, arg)
 
 
+WINDOW = (24, 8)  # tokens stored before and after an example's token
+
+
+def _sampled_examples(post: np.ndarray, model_id: int, d_mlp: int, ctx: int, quantiles: int = 5,
+                      bottom: int = 3) -> pl.DataFrame:
+    """Quantile examples (one per band of the sorted firing values, at the band's middle) and the
+    ``bottom`` most negative tokens of each neuron; post is [tokens, neurons] with BOS dropped nowhere."""
+    out = {k: [] for k in ("model_id", "layer", "idx", "kind", "rank", "row_idx", "position", "value", "quantile")}
+
+    def add(f: int, kind: str, rank: int, at: int, value: float, quantile: float | None) -> None:
+        for key, v in (("model_id", model_id), ("layer", f // d_mlp), ("idx", f % d_mlp), ("kind", kind),
+                       ("rank", rank), ("row_idx", at // ctx), ("position", at % ctx), ("value", value),
+                       ("quantile", quantile)):
+            out[key].append(v)
+    for f in range(post.shape[1]):
+        fired = np.flatnonzero(post[:, f] > 0)
+        fired = fired[np.argsort(post[fired, f], kind="stable")]
+        for band in range(min(quantiles, fired.size)):
+            i = int((band + 0.5) * fired.size / quantiles)
+            add(f, "quantile", band + 1, int(fired[i]), float(post[fired[i], f]), (i + 0.5) / fired.size)
+        for rank, at in enumerate(np.argsort(post[:, f], kind="stable")[:bottom], start=1):
+            add(f, "bottom", rank, int(at), float(post[at, f]), None)
+    return pl.DataFrame(out, schema_overrides={"quantile": pl.Float64})
+
+
+def _window(post: np.ndarray, model_id: int, layer: int, idx: int, kind: str, rank: int, source_model_id: int,
+            source_layer: int, source_idx: int, row: int, pos: int, d_mlp: int) -> dict:
+    """One example's window of the source neuron's hook_post (post: [rows, ctx, neurons])."""
+    start, stop = max(pos - WINDOW[0], 0), min(pos + WINDOW[1], post.shape[1] - 1)
+    return {"model_id": model_id, "layer": layer, "idx": idx, "kind": kind, "rank": rank,
+            "source_model_id": source_model_id, "source_layer": source_layer, "source_idx": source_idx,
+            "row_idx": row, "position": pos, "start": start,
+            "activations": [float(v) for v in post[row, start:stop + 1, source_layer * d_mlp + source_idx]]}
+
+
 def _insert(conn, sql: str, **params) -> int:
     return int(conn.execute(sa.text(sql), params).scalar_one())
 
@@ -277,7 +317,8 @@ def build_synthetic_atlas(
         with run:
             run.progress(int(p.shape[0]))
             run.publish({"activation_stats": stats, "top_example": pl.DataFrame(ex),
-                         "token_activation": pl.DataFrame(tok_rows)})
+                         "token_activation": pl.DataFrame(tok_rows),
+                         "sampled_example": _sampled_examples(q, model_id, d_mlp, context_length)})
         atlas.run_ids[f"stats:{name}"] = run.id
 
     # ------------------------------------------------------------ weights runs
@@ -370,6 +411,35 @@ def build_synthetic_atlas(
         })
     atlas.run_ids["correlation"] = run.id
 
+    # ------------------------------------------------------------ examples run (windows of every example)
+    windows = []
+    for name, model_id in model_ids.items():
+        for kind, table in (("top", "top_example"), ("quantile", "sampled_example"), ("bottom", "sampled_example")):
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text(
+                    f"SELECT layer, idx, rank, row_idx, position FROM {table} WHERE model_id = :m"
+                    + (" AND kind = :k" if table == "sampled_example" else "")), {"m": model_id, "k": kind}).all()
+            for layer, idx, rank, row, pos in rows:
+                windows.append(_window(post[name], model_id, layer, idx, kind, rank, model_id, layer, idx, row, pos,
+                                       d_mlp))
+    with engine.connect() as conn:
+        ref_top = conn.execute(sa.text("SELECT layer, idx, rank, row_idx, position FROM top_example "
+                                       "WHERE model_id = :m AND rank <= 3"), {"m": model_ids[ref]}).all()
+    best = {(r["layer"], r["idx"], r["other_model_id"]): (r["best_layer"], r["best_idx"]) for r in pair
+            if r["model_id"] == model_ids[ref] and r["best_layer"] is not None}
+    for layer, idx, rank, row, pos in ref_top:
+        for partner in MODEL_NAMES[1:]:
+            found = best.get((layer, idx, model_ids[partner]))
+            if found is not None:
+                windows.append(_window(post[partner], model_ids[ref], layer, idx, "top", rank, model_ids[partner],
+                                       found[0], found[1], row, pos, d_mlp))
+    run = begin_run(engine, "examples", model_id=model_ids[ref], cohort_id=cohort_id, dataset_id=dataset_id,
+                    device="cpu", params={"window_before": WINDOW[0], "window_after": WINDOW[1], "partner_examples": 3})
+    with run:
+        run.publish({"example_activation": pl.DataFrame(windows, schema_overrides={
+            "activations": pl.List(pl.Float32)})})
+    atlas.run_ids["examples"] = run.id
+
     # ------------------------------------------------------------ classify run (cohort level)
     candidates = _candidate_features(tokens)
     label_of = {"the": ("unigram", "token=' the'"), "newline": ("unigram", "is_newline"),
@@ -411,8 +481,12 @@ def build_synthetic_atlas(
                      "layer": [m[1] for m in members], "idx": [m[2] for m in members],
                      "score": [0.9] * len(members)}))
 
+    counts = {label: 0 for label in ("unigram", "alphabet", "previous_token", "position", "prediction", "suppression")}
+    for row in labels:
+        counts[row["label"]] += 1
     classify = begin_run(engine, "classify", cohort_id=cohort_id, dataset_id=dataset_id, device="cpu",
-                         params={"thresholds": "paper"})
+                         params={"thresholds": "paper", "result": {"label_counts": counts,
+                                                                    "counted_among": "all neurons"}})
     with classify:
         classify.publish(write_classify)
     atlas.run_ids["classify"] = classify.id

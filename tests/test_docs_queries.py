@@ -150,9 +150,30 @@ def _python_checks(atlas, engine, ns: dict[str, Any]) -> dict[str, Callable[[Any
         assert v.height == 31 and _cells(v.head(5), "layer", "idx") == ref
 
     def properties(v):
-        p = {r["property"]: r for r in v.iter_rows(named=True)}
-        assert p["kurtosis"]["universal_median_pct"] > p["kurtosis"]["other_median_pct"]
-        assert p["act_frequency"]["universal_median_pct"] < p["act_frequency"]["other_median_pct"]
+        p = {(r["property"], r["group"]): r for r in v.iter_rows(named=True)}
+        assert v["layer"].null_count() == v.height  # pooled, as the paper's figure
+        assert p["kurtosis", "universal"]["n"] == 5 and p["act_frequency", "universal"]["n"] == 5
+        assert p["act_frequency", "universal"]["median"] < p["act_frequency", "other"]["median"]
+
+    def percentiles(v):
+        assert v.height == 32 and set(v["property"]) == {"kurtosis"}
+        assert v["percentile"].drop_nulls().is_between(0, 100).all() and v["percentile"].null_count() == 1  # dead
+
+    def why(v):
+        row = v.row(0, named=True)
+        assert row["model"] == "synth-a" and row["n_universal"] == 5 and row["top_threshold"] <= row["max_excess"]
+
+    def family_counts(v):
+        among = v.group_by("label").agg(pl.col("n").sum())
+        assert dict(among.iter_rows()) == {"unigram": 3, "previous_token": 1, "position": 1, "prediction": 0,
+                                           "alphabet": 0, "suppression": 0}  # synth-a's universal neurons only
+
+    def quantile_examples(v):
+        assert v.height == 5 and (v["value"] > 0).all() and v["quantile"].is_sorted()
+
+    def on_the_same_text(v):
+        assert set(v["other_model"]) == {"synth-b", "synth-c"} and v.height == 6
+        assert all(row["tokens"][row["center"]] == " the" for row in v.iter_rows(named=True))
 
     return {
         "q.models(engine)": models, "q.cohorts(engine)": cohorts, 'q.runs(engine, status="running")': running,
@@ -166,6 +187,8 @@ def _python_checks(atlas, engine, ns: dict[str, Any]) -> dict[str, Callable[[Any
         "q.family_layer_counts(": layer_counts, "q.family_members(": members, "q.search_tokens(": tokens,
         "q.neurons_for_token(": for_token, "q.layer_summary(": summary, "q.correlation_distribution(": distribution,
         "q.correlation_scatter(": scatter, "q.universal_properties(": properties,
+        "q.property_percentiles(": percentiles, "q.universality_summary(": why, "q.family_counts(": family_counts,
+        "q.sampled_examples(": quantile_examples, "q.partner_examples(": on_the_same_text,
     }
 
 
@@ -243,6 +266,12 @@ def _sql_checks(atlas, run_ids: dict[str, int]) -> dict[str, Callable[[pl.DataFr
         assert rows[True]["neurons"] == 5 and rows[False]["neurons"] == 26
         assert rows[True]["kurtosis_pct"] > rows[False]["kurtosis_pct"]
 
+    def property_view(v):
+        rows = {(r["property"], r["universal"]): r for r in v.iter_rows(named=True)}
+        assert rows["kurtosis", True]["neurons"] == 5 and rows["kurtosis", False]["neurons"] == 26
+        assert rows["kurtosis", True]["median_percentile"] > rows["kurtosis", False]["median_percentile"]
+        assert rows["act_frequency", True]["median_percentile"] < rows["act_frequency", False]["median_percentile"]
+
     def meanings(v):
         meaning = dict(v.select("column", "meaning").iter_rows())
         assert v["meaning"].null_count() == 0 and "mean_corr - mean_baseline" in meaning["excess"]
@@ -257,6 +286,7 @@ def _sql_checks(atlas, run_ids: dict[str, int]) -> dict[str, Callable[[pl.DataFr
     return {"FROM universal_neurons(0.5)": universal, "FROM layer_universality": per_layer,
             "FROM neuron_overview WHERE": overview, "FROM top_example_text": example_text, "FROM best_partner": partners,
             "FROM token_neuron": token_neuron, "FROM family_members": family_members, "WITH ranked AS": ranked,
+            "FROM neuron_property_percentile": property_view,
             "col_description": meanings, "FROM latest_run": latest, "FROM neuron_universality u": older}
 
 

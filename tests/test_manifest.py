@@ -176,8 +176,10 @@ def test_plan_orders_steps_and_replans_a_cohort_that_grew(engine, layout):
     assert step.task == "correlate_cohort" and step.kwargs["reference"] == "b" and step.kwargs["models"] == ["a", "b"]
 
     _finished(engine, "correlation", "c1", '{"reference": "b", "partners": ["a"]}', ds)
-    (step,) = plan(engine, manifest)
+    examples, step = plan(engine, manifest)
+    assert examples.task == "examples_cohort" and examples.kwargs == {"cohort": "pair", "dataset": "tiny"}
     assert step.task == "classify_cohort" and step.kwargs["models"] == ["a", "b"]
+    _finished(engine, "examples", "e1", '{"models": ["a", "b"]}', ds)
     _finished(engine, "classify", "k1", '{"models": ["a", "b"]}', ds)
     assert plan(engine, manifest) == []
 
@@ -191,8 +193,9 @@ def test_plan_orders_steps_and_replans_a_cohort_that_grew(engine, layout):
     (step,) = plan(engine, grown)
     assert step.task == "correlate_cohort" and step.kwargs["models"] == ["a", "b", "c"]
     _finished(engine, "correlation", "c2", '{"reference": "b", "partners": ["a", "c"]}', ds)
-    (step,) = plan(engine, grown)
-    assert step.task == "classify_cohort" and step.kwargs["models"] == ["a", "b", "c"]
+    examples, step = plan(engine, grown)
+    assert examples.task == "examples_cohort" and step.task == "classify_cohort"
+    assert step.kwargs["models"] == ["a", "b", "c"]
 
 
 def test_a_classification_older_than_its_correlation_is_planned_again(engine, layout):
@@ -201,5 +204,6 @@ def test_a_classification_older_than_its_correlation_is_planned_again(engine, la
     for name in ("a", "b"):
         _ingested(engine, name, tok, ds)
     _finished(engine, "classify", "k1", '{"models": ["a", "b"]}', ds)
+    _finished(engine, "examples", "e1", '{"models": ["a", "b"]}', ds)
     _finished(engine, "correlation", "c1", '{"reference": "b", "partners": ["a"]}', ds)  # recomputed later
-    assert [s.task for s in plan(engine, manifest)] == ["classify_cohort"]
+    assert [s.task for s in plan(engine, manifest)] == ["examples_cohort", "classify_cohort"]

@@ -182,7 +182,8 @@ def test_every_query_shows_the_newest_run_and_older_runs_stay_readable(engine, r
     assert scatter.filter((pl.col("layer") == newline[0]) & (pl.col("idx") == newline[1]))["excess"][0] < 0.5
     summary = q.layer_summary(engine).filter(pl.col("model") == "synth-a")
     assert summary["n_universal"].sum() == 1 and summary["median_kurtosis"].min() > SHIFT
-    assert q.universal_properties(engine, model="synth-a")["n_universal"].max() == 1
+    props = q.universal_properties(engine, model="synth-a", by_layer=False)
+    assert props.filter(pl.col("group") == "universal")["n"].max() == 1
 
     cohort = q.cohorts(engine).row(0, named=True)
     assert cohort["reference"] == "synth-a" and cohort["n_universal"] == 1 and cohort["n_models"] == 4

@@ -137,9 +137,9 @@ def test_layer_summaries_and_correlation_distributions(engine, atlas):
     assert summary.height == 3 * 2 and set(summary["model"]) == set(MODEL_NAMES)
     ref = summary.filter(pl.col("model") == "synth-a")
     assert ref["n_universal"].sum() == 5 and summary.filter(pl.col("model") == "synth-b")["n_universal"].is_null().all()
-    props = {r["property"]: r for r in q.universal_properties(engine).iter_rows(named=True)}
-    assert props["kurtosis"]["universal_median_pct"] > props["kurtosis"]["other_median_pct"]
-    assert props["act_frequency"]["universal_median_pct"] < props["act_frequency"]["other_median_pct"]
+    props = {(r["property"], r["group"]): r for r in q.universal_properties(engine, by_layer=False).iter_rows(named=True)}
+    assert props["kurtosis", "universal"]["n"] == 5 and props["kurtosis", "other"]["n"] == 26  # the dead one: no kurtosis
+    assert props["act_frequency", "universal"]["median"] < props["act_frequency", "other"]["median"]
 
 
 def test_families_members_and_labels(engine, atlas):
@@ -198,8 +198,9 @@ def test_models_cohorts_runs(engine, atlas):
 def test_neuron_page_bundle(engine, atlas):
     layer, idx = atlas.planted["punct"]["synth-a"]
     page = q.neuron_page(engine, "synth-a", layer, idx, k=4, partner_examples=2)
-    assert set(page) == {"neuron", "histogram", "vocab_effects", "top_examples", "token_activations", "partners",
-                         "edges", "labels", "features", "families", "partner_examples"}
+    assert set(page) == {"neuron", "histogram", "vocab_effects", "top_examples", "quantile_examples", "bottom_examples",
+                         "token_activations", "partners", "edges", "labels", "features", "families", "partner_examples",
+                         "partner_top_examples"}
     assert page["top_examples"].height == 4 and page["partners"].height == 2
     assert page["partner_examples"].height == 4 and set(page["partner_examples"]["other_model"]) == {"synth-b", "synth-c"}
 

@@ -126,7 +126,7 @@ def test_workers_survive_a_sigkill_and_a_cohort_that_grows(db_url, engine, tmp_p
     states = dict(engine.connect().execute(sa.text("SELECT kind || ':' || coalesce(m.name, '-'), r.status FROM run r "
                                                     "LEFT JOIN model m ON m.id = r.model_id")).all())
     assert states == {"weights:tiny-a": "done", "weights:tiny-b": "done", "stats:tiny-a": "done",
-                      "stats:tiny-b": "done", "correlation:tiny-a": "done"}
+                      "stats:tiny-b": "done", "correlation:tiny-a": "done", "examples:tiny-a": "done"}
     assert _scalar(engine, "SELECT count(*) FROM queue_job WHERE status NOT IN ('succeeded', 'failed')") == 0
 
     # the killed-and-resumed run equals the same run computed undisturbed
@@ -269,10 +269,12 @@ def test_the_planner_runs_a_manifest_in_process_like_the_demo(db_url, engine, tm
     path.write_text(path.read_text().replace("classify = false", "classify = true"))
     manifest = load_manifest(path)
     said: list[str] = []
-    assert run_in_process(engine, manifest, log=said.append) == 5
-    assert [line.split(":")[0] for line in said] == ["→ dataset", "→ ingest", "→ ingest", "→ correlate", "→ classify"]
+    assert run_in_process(engine, manifest, log=said.append) == 6
+    assert [line.split(":")[0] for line in said] == ["→ dataset", "→ ingest", "→ ingest", "→ correlate", "→ examples",
+                                                     "→ classify"]
     with engine.connect() as conn:
         kinds = conn.execute(sa.text("SELECT kind, status FROM run ORDER BY id")).all()
     assert sorted(kinds) == sorted([("weights", "done"), ("stats", "done")] * 2 + [("correlation", "done"),
+                                                                                     ("examples", "done"),
                                                                                      ("classify", "done")])
     assert plan(engine, manifest) == [] and run_in_process(engine, manifest) == 0

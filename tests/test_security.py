@@ -194,9 +194,9 @@ def test_filter_inputs_cannot_inject_sql(engine, atlas):
 
 
 def test_token_text_is_escaped_in_the_ui(engine, atlas):
-    from atlas.ui import common
+    from atlas.ui.tokens import tokens_html
 
-    rendered = common.tokens_html(["<b>bold</b>", " & co", "\n"], [1.0, None, -0.5], center=0, vmax=1.0)
+    rendered = tokens_html(["<b>bold</b>", " & co", "\n"], [1.0, None, -0.5], center=0, vmax=1.0)
     assert "<b>bold</b>" not in rendered and "&lt;b&gt;bold&lt;/b&gt;" in rendered
     assert "&amp; co" in rendered and "↵" in rendered
     assert "rgba(214,39,40" in rendered and "rgba(31,119,180" in rendered  # red +, blue −

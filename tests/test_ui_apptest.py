@@ -65,10 +65,10 @@ def test_overview(atlas):
     at = _open("views/overview.py")
     _ok(at)
     assert [m.value for m in at.metric][:4] == ["3", "1", "96", "5"]
-    assert {"Universal share per layer", "Mean max-correlation vs baseline", "Cohorts", "Models"} <= {
+    assert {"Universal share per layer", "Excess correlation", "Best correlation vs baseline", "Cohorts", "Models"} <= {
         s.value for s in at.subheader}
     assert len(at.get("vega_lite_chart")) >= 2
-    models = at.dataframe[1].value
+    models = next(d.value for d in at.dataframe if "d_mlp" in d.value.columns)
     assert list(models["model"]) == ["synth-a", "synth-b", "synth-c"]
     at.sidebar.slider[0].set_value(0.9).run()  # threshold
     assert at.metric[3].value == "0"
@@ -80,11 +80,13 @@ def test_universal_list_and_filters(atlas):
     table = at.dataframe[0].value
     assert len(table) == 5 and list(table["neuron"])[0].startswith("neuron?model=synth-a&layer=")
     assert list(table["excess"]) == sorted(table["excess"], reverse=True)
-    at.selectbox(key="label").set_value("unigram").run()
+    at.selectbox(key="universal.label").set_value("unigram").run()
     assert len(at.dataframe[0].value) == 3
-    at.selectbox(key="label").set_value("any").run()
-    at.slider(key="threshold").set_value(0.95).run()
-    assert not at.dataframe and "No neuron passes" in _text(at)
+    assert at.query_params["label"] == "unigram"  # every filter is in the URL
+    at.selectbox(key="universal.label").set_value("any").run()
+    at.slider(key="app.threshold").set_value(0.95).run()
+    assert at.query_params["threshold"] == "0.95"
+    assert not at.dataframe and "No neuron of **synth-a** has excess correlation above 0.95" in _text(at)
 
 
 def test_neuron_page_opens_the_neuron_named_in_the_url(atlas):
@@ -93,7 +95,7 @@ def test_neuron_page_opens_the_neuron_named_in_the_url(atlas):
     _ok(at)
     text = _text(at)
     assert f"synth-b · L{layer} · N{idx}" in text and "unigram" in text
-    assert {"Activation histogram", "Vocabulary effects", "Top activating examples", "Best partner in every other seed",
+    assert {"Activation histogram", "Vocabulary effects: W_U · w_out", "Examples", "Best partner in every other seed",
             "Labels and evidence"} <= {s.value for s in at.subheader}
     partner_links = [link.label for link in at.get("page_link")]
     ref_layer, ref_idx = atlas.planted["the"]["synth-a"]
@@ -106,7 +108,7 @@ def test_neuron_page_opens_the_neuron_named_in_the_url(atlas):
     _ok(at)
     assert at.query_params == {"model": "synth-b", "layer": str(layer), "idx": str((idx + 1) % 16)}
     # the context-width control changes the window
-    at.slider(key="context").set_value(2).run()
+    at.slider(key="neuron.context").set_value(2).run()
     _ok(at)
 
 
@@ -116,32 +118,37 @@ def test_neuron_page_without_parameters_and_with_a_bad_link(atlas):
     assert at.query_params["model"] == "synth-a"  # starts at the most universal neuron, URL filled in
     at = _open("views/neuron.py", model="no-such-model", layer="0", idx="0")
     _ok(at)
-    assert "No model named 'no-such-model'" in _text(at)
+    assert "model='no-such-model' in the address is not a model of the atlas — showing synth-a" in _text(at)
     at = _open("views/neuron.py", model="synth-a", layer="7", idx="999")  # out of range: clamped
     _ok(at)
     assert at.query_params == {"model": "synth-a", "layer": "1", "idx": "15"}
 
 
+def _frame_with(at: AppTest, *columns: str):
+    return next(d.value for d in at.dataframe if set(columns) <= set(d.value.columns))
+
+
 def test_families_page(atlas):
     at = _open("views/families.py")
     _ok(at)
-    assert len(at.dataframe) == 3 and len(at.dataframe[1].value) == 5
-    family_id = int(at.dataframe[1].value["family_id"].iloc[-1])
+    families = _frame_with(at, "family_id", "n_members")
+    assert len(families) == 5
+    family_id = int(families["family_id"].iloc[-1])
     at = _open("views/families.py", family=str(family_id))
     _ok(at)
-    members = at.dataframe[2].value
+    members = _frame_with(at, "model", "seed_label", "score")
     assert len(members) == 3 and set(members["model"]) == {"synth-a", "synth-b", "synth-c"}
 
 
 def test_search_page(atlas):
     at = _open("views/search.py", q=" the")
-    at.radio(key="match").set_value("exact").run()
+    at.radio(key="search.match").set_value("exact").run()
     _ok(at)
     hits = at.dataframe[0].value
     planted = {(m, *atlas.planted["the"][m]) for m in ("synth-a", "synth-b", "synth-c")}
     top3 = {(r.model, r.layer, r.idx) for r in hits.head(3).itertuples()}
     assert top3 == planted
-    at.text_input(key="q").input("' OR 1=1; DROP TABLE model; --").run()
+    at.text_input(key="search.q").input("' OR 1=1; DROP TABLE model; --").run()
     _ok(at)
     assert "No vocabulary token matches" in _text(at)
 
@@ -151,7 +158,7 @@ def test_runs_page_shows_progress_and_failures(atlas):
     _ok(at)
     assert any("out of memory" in e.value for e in at.error)
     # running, stale, queued, done, failed: the fixture's "running" run has no live process holding it
-    assert [m.value for m in at.metric] == ["0", "1", "0", "8", "1"]
+    assert [m.value for m in at.metric] == ["0", "1", "0", "9", "1"]
     assert any("is stale" in w.value for w in at.warning)
     assert len(at.get("progress")) == 1 and at.get("progress")[0].value == 30
 
@@ -172,7 +179,7 @@ def test_sql_page_answers_queries_and_refuses_writes(atlas, ui_env):
         assert not at.dataframe
     with ui_env.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM model WHERE name LIKE 'synth-%'")).scalar_one() == 3
-        assert conn.execute(sa.text("SELECT count(*) FROM run")).scalar_one() == 10
+        assert conn.execute(sa.text("SELECT count(*) FROM run")).scalar_one() == 11
         assert conn.execute(sa.text("SELECT count(*) FROM cohort")).scalar_one() == 1
 
 

@@ -4,6 +4,9 @@ Pages (ui/views/, URL paths in brackets; not named pages/, which would switch St
 file-based navigation): overview [/], universal neurons [/universal], neuron [/neuron,
 with ?model=&layer=&idx=], families [/families], search by token [/search], runs [/runs],
 SQL [/sql]. Every page reads through ``atlas.queries`` only.
+
+Every filter is in the URL (``atlas.ui.state``). The universality threshold is one slider in the
+sidebar of every page; the sidebar's page links carry it (``?threshold=``) from page to page.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
+
+from atlas.ui import state
 
 HERE = Path(__file__).parent
 
@@ -26,7 +31,14 @@ PAGES = [
     st.Page(HERE / "views" / "sql.py", title="SQL (read-only)", icon=":material/database:", url_path="sql"),
 ]
 
-navigation = st.navigation(PAGES)
+# The sidebar's own links instead of Streamlit's menu: they carry the shared threshold, so a page
+# opens with the address it shows (the menu would open it bare, then the page would add it).
+navigation = st.navigation(PAGES, position="hidden")
+menu = st.sidebar.container()
+state.threshold_control()  # one threshold for every page, in the URL (?threshold=)
+with menu:
+    for page in PAGES:
+        st.page_link(page, query_params=state.shared_params())
 with st.sidebar:
     st.caption("Universal neurons across training seeds — after Gurnee et al. (2024). "
                "Read-only view of the atlas database.")

@@ -1,4 +1,5 @@
-"""Commands that compute: ``zoo train``, ``dataset build``, ``ingest``, ``correlate``, ``classify``, ``demo``."""
+"""Commands that compute: ``zoo train``, ``dataset build``, ``ingest``, ``correlate``, ``examples``, ``classify``,
+``demo``."""
 
 from __future__ import annotations
 
@@ -171,6 +172,33 @@ def correlate_cmd(cohort, dataset_name, reference, rotation, seed, top_k, device
         batch_size=batch_size, block_size=block_size, checkpoint_tokens=checkpoint_tokens, resume=resume, force=force,
         progress=not quiet, allow_mixed_shapes=allow_mixed_shapes, log=click.echo))
 
+
+
+# ---------------------------------------------------------------- examples
+
+@main.command("examples")
+@click.argument("subject")
+@click.option("--dataset", "dataset_name", required=True, help="The token dataset the models' statistics were computed on.")
+@click.option("--before", default=24, type=click.IntRange(min=0), show_default=True,
+              help="Tokens stored before each example's token (the UI shows up to this many).")
+@click.option("--after", default=8, type=click.IntRange(min=0), show_default=True, help="Tokens stored after it.")
+@click.option("--partner-examples", default=10, type=click.IntRange(min=0), show_default=True,
+              help="Top examples of each reference neuron its best partners are run on.")
+@click.option("--batch-size", default=32, type=click.IntRange(min=1), show_default=True, help="Dataset rows per forward pass.")
+@click.option("--device", default="auto", show_default=True, callback=check_device, help="cpu, cuda, cuda:N or auto.")
+@click.option("--force", is_flag=True, help="Recompute even when the same run is done.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def examples_cmd(subject, dataset_name, before, after, partner_examples, batch_size, device, force, quiet) -> None:
+    """Store every token's activation around each stored example of SUBJECT (a cohort or a model),
+    and the cohort's reference neurons' best partners on the same text (the UI colours every token)."""
+    from atlas import db as dbm
+    from atlas.ingest.runs.examples import ExamplesOptions, run_examples
+
+    engine = dbm.connect(migrate=True)
+    outcome = run_examples(engine, subject, dataset_name, ExamplesOptions(
+        before=before, after=after, partner_examples=partner_examples, batch_size=batch_size, device=device,
+        force=force, progress=not quiet, log=click.echo))
+    click.echo(outcome.describe())
 
 
 # ---------------------------------------------------------------- families and roles

@@ -12,16 +12,26 @@ its integer id. Results come from the *current* runs: the newest done run of eac
     >>> q.neuron(engine, "synth-a", 0, 3).row(0, named=True)["excess"]       # doctest: +SKIP
 
 Modules, one concept each: ``catalog`` (models, cohorts, datasets, runs), ``one_neuron`` (one neuron
-and its page), ``universality`` (universal neurons, per-layer figures), ``family_labels`` (families
-and labels), ``tokens`` (search by token), ``report`` (``atlas status``); ``_sql`` holds what they
-share (connections, the scope filter, the run choice). The SQL views they build on are defined in
+and its page), ``examples`` (a neuron's examples as text, its partners' activations on them),
+``universality`` (universal neurons, per-layer figures), ``properties`` (universal vs other neurons,
+within-layer percentiles), ``family_labels`` (families and labels, family counts), ``tokens``
+(search by token), ``report`` (``atlas status``); ``_sql`` holds what they share (connections, the
+scope filter, the run choice). The SQL views they build on are defined in
 atlas/views.py. ``docs/queries.md`` shows every question with its Python call and the SQL to paste
 into psql; tests run those examples against a real database.
 """
 
 from atlas.queries._sql import EMPTY_HINT, ModelRef, connect, frame, model_id
 from atlas.queries.catalog import RunStatus, cohorts, data_version, datasets, is_empty, models, runs
-from atlas.queries.family_labels import family_layer_counts, family_members, families, label_counts, label_names
+from atlas.queries.examples import partner_examples, sampled_examples, top_examples
+from atlas.queries.family_labels import (
+    families,
+    family_counts,
+    family_layer_counts,
+    family_members,
+    label_counts,
+    label_names,
+)
 from atlas.queries.one_neuron import (
     best_partners,
     features,
@@ -32,9 +42,9 @@ from atlas.queries.one_neuron import (
     neuron_page,
     partner_edges,
     token_activations,
-    top_examples,
     vocab_effects,
 )
+from atlas.queries.properties import PAPER_PROPERTIES, property_percentiles, universal_properties
 from atlas.queries.pipeline import queue_jobs
 from atlas.queries.report import status_report
 from atlas.queries.tokens import TokenMatch, neurons_for_token, search_tokens
@@ -45,18 +55,19 @@ from atlas.queries.universality import (
     layer_summary,
     layer_universality,
     universal_neurons,
-    universal_properties,
+    universality_summary,
 )
 
 __all__ = [
-    "EMPTY_HINT", "ModelRef", "RunStatus", "TokenMatch", "UNIVERSAL_ORDER",
+    "EMPTY_HINT", "ModelRef", "PAPER_PROPERTIES", "RunStatus", "TokenMatch", "UNIVERSAL_ORDER",
     "connect", "frame", "model_id",
     "cohorts", "data_version", "datasets", "is_empty", "models", "queue_jobs", "runs",
     "best_partners", "features", "histogram", "labels", "neuron", "neuron_families", "neuron_page", "partner_edges",
-    "token_activations", "top_examples", "vocab_effects",
+    "token_activations", "vocab_effects",
+    "partner_examples", "sampled_examples", "top_examples",
     "correlation_distribution", "correlation_scatter", "layer_summary", "layer_universality", "universal_neurons",
-    "universal_properties",
-    "families", "family_layer_counts", "family_members", "label_counts", "label_names",
+    "universality_summary", "property_percentiles", "universal_properties",
+    "families", "family_counts", "family_layer_counts", "family_members", "label_counts", "label_names",
     "neurons_for_token", "search_tokens",
     "status_report",
 ]

@@ -43,11 +43,12 @@ def models(engine: Engine, *, cohort: str | None = None) -> pl.DataFrame:
     """, where.params)
 
 
-def cohorts(engine: Engine) -> pl.DataFrame:
+def cohorts(engine: Engine, *, threshold: float = 0.5) -> pl.DataFrame:
     """One row per cohort: tokenizer, its models (seed order), neuron count, and — from the current
-    correlation runs — the reference model(s) and the universal count at excess > 0.5.
+    correlation runs — the reference model(s) and the universal count at excess > ``threshold``
+    (the paper: 0.5).
 
-    >>> cohorts(engine).select("cohort", "n_models", "reference", "n_universal")  # doctest: +SKIP
+    >>> cohorts(engine, threshold=0.3).select("cohort", "n_models", "reference", "n_universal")  # doctest: +SKIP
     """
     return frame(engine, """
         SELECT c.id AS cohort_id, c.name AS cohort, t.name AS tokenizer, c.description,
@@ -57,13 +58,13 @@ def cohorts(engine: Engine) -> pl.DataFrame:
                (SELECT string_agg(rm.name, ', ' ORDER BY rm.name) FROM latest_run r JOIN model rm ON rm.id = r.model_id
                  WHERE r.kind = 'correlation' AND r.cohort_id = c.id) AS reference,
                (SELECT count(*) FROM current_neuron_universality u JOIN run r ON r.id = u.run_id
-                 WHERE r.cohort_id = c.id AND u.excess > 0.5) AS n_universal
+                 WHERE r.cohort_id = c.id AND u.excess > :t) AS n_universal
         FROM cohort c
         LEFT JOIN tokenizer t ON t.id = c.tokenizer_id
         LEFT JOIN model m ON m.cohort_id = c.id
         GROUP BY c.id, c.name, t.name, c.description
         ORDER BY c.name
-    """)
+    """, {"t": float(threshold)})
 
 
 def datasets(engine: Engine) -> pl.DataFrame:

@@ -64,6 +64,63 @@ def label_counts(engine: Engine, *, model: ModelRef | None = None, run_id: int |
     """, where.params)
 
 
+def family_counts(engine: Engine, *, threshold: float | None = 0.5, model: ModelRef | None = None,
+                  cohort: str | None = None) -> pl.DataFrame:
+    """Labelled neurons per model, label and layer among universal neurons (the paper counts
+    families among them): reference neurons with excess correlation > ``threshold`` in the current
+    correlation runs; ``threshold=None`` counts among all neurons of every classified model.
+
+    Every label a current classify run evaluated is listed, with 0 where it found none (from the
+    run's ``params.result.label_counts``, and any label it stored), in every layer:
+    ``model, label, layer, n`` (labelled neurons counted), ``n_neurons`` (neurons counted in that
+    layer: the universal ones, or all), ``share`` (n / n_neurons; null when there are none).
+
+    >>> family_counts(engine, threshold=0.5).group_by("label").agg(pl.col("n").sum())   # doctest: +SKIP
+    """
+    where = Where().scope(engine, model=model, cohort=cohort, model_column="mo.model_id", cohort_column="mo.cohort")
+    if threshold is None:
+        counted = "SELECT n.model_id, n.layer, n.idx FROM neuron n"
+    else:
+        counted = "SELECT u.model_id, u.layer, u.idx FROM current_neuron_universality u WHERE u.excess > :t"
+        where.add("mo.model_id IN (SELECT model_id FROM current_neuron_universality)")  # reference models only
+    return frame(engine, f"""
+        WITH runs AS (SELECT id, cohort_id, params FROM latest_run WHERE kind = 'classify'),
+        evaluated AS (
+            SELECT r.id AS run_id, k.label
+            FROM runs r CROSS JOIN LATERAL jsonb_object_keys(
+                CASE WHEN jsonb_typeof(r.params -> 'result' -> 'label_counts') = 'object'
+                     THEN r.params -> 'result' -> 'label_counts' ELSE '{{}}'::jsonb END) AS k(label)
+            UNION
+            SELECT l.run_id, l.label FROM current_neuron_label l
+        ),
+        mo AS (  -- the models each classify run covers: its cohort's, and any it labelled
+            SELECT r.id AS run_id, m.id AS model_id, m.name AS model, c.name AS cohort, m.n_layers
+            FROM runs r JOIN model m ON m.cohort_id = r.cohort_id LEFT JOIN cohort c ON c.id = m.cohort_id
+            UNION
+            SELECT l.run_id, m.id, m.name, c.name, m.n_layers
+            FROM (SELECT DISTINCT run_id, model_id FROM current_neuron_label) l
+            JOIN model m ON m.id = l.model_id LEFT JOIN cohort c ON c.id = m.cohort_id
+        ),
+        counted AS MATERIALIZED ({counted}),
+        labelled AS (
+            SELECT l.run_id, l.model_id, l.layer, l.label, count(*) AS n
+            FROM current_neuron_label l JOIN counted s ON s.model_id = l.model_id AND s.layer = l.layer AND s.idx = l.idx
+            GROUP BY 1, 2, 3, 4
+        ),
+        sizes AS (SELECT model_id, layer, count(*) AS n_neurons FROM counted GROUP BY 1, 2)
+        SELECT mo.model, e.label, g.layer::int AS layer, coalesce(lb.n, 0) AS n, coalesce(sz.n_neurons, 0) AS n_neurons,
+               coalesce(lb.n, 0)::float8 / nullif(sz.n_neurons, 0) AS share
+        FROM mo
+        JOIN evaluated e ON e.run_id = mo.run_id
+        CROSS JOIN LATERAL generate_series(0, mo.n_layers - 1) AS g(layer)
+        LEFT JOIN labelled lb ON lb.run_id = mo.run_id AND lb.model_id = mo.model_id AND lb.layer = g.layer
+                             AND lb.label = e.label
+        LEFT JOIN sizes sz ON sz.model_id = mo.model_id AND sz.layer = g.layer
+        WHERE true {where.sql}
+        ORDER BY mo.model, e.label, g.layer
+    """, where.params | ({"t": float(threshold)} if threshold is not None else {}))
+
+
 def family_members(engine: Engine, family: int | str) -> pl.DataFrame:
     """Members of a family: ``model, seed_label, layer, idx, score, excess, labels``. By name among
     the current classify runs' families; by id any family (an older run's too).

@@ -1,5 +1,5 @@
-"""One neuron: its record, histogram, vocabulary effects, top examples, tokens, partners, labels,
-features and families, and everything the UI's neuron page shows at once.
+"""One neuron: its record, histogram, vocabulary effects, tokens, partners, labels, features and
+families, and everything the UI's neuron page shows at once (examples: ``atlas.queries.examples``).
 
 A neuron is ``(model, layer, idx)``: ``blocks.{layer}.mlp.hook_post[..., idx]``. Each query reads
 the current runs; those of a single run kind also take ``run_id`` to read an older run.
@@ -13,6 +13,8 @@ import polars as pl
 from sqlalchemy.engine import Connection, Engine
 
 from atlas.queries._sql import ModelRef, connect, frame, model_id, neuron_params, rows_of
+from atlas.queries.examples import partner_examples as _partner_examples
+from atlas.queries.examples import sampled_examples, top_examples
 
 
 def neuron(engine: Engine, model: ModelRef, layer: int, idx: int) -> pl.DataFrame:
@@ -98,51 +100,6 @@ def vocab_effects(engine: Engine, model: ModelRef, layer: int, idx: int, *, run_
         WHERE w.model_id = :m AND w.layer = :l AND w.idx = :i
         ORDER BY s.direction DESC, s.rank
     """, p)
-
-
-def top_examples(engine: Engine, model: ModelRef, layer: int, idx: int, *, k: int = 20,
-                 before: int = 12, after: int = 4, run_id: int | None = None) -> pl.DataFrame:
-    """A neuron's top activating examples with decoded context, best first.
-
-    One row per example: ``rank, value`` (the stored ``hook_post`` at the position), ``row_idx,
-    position`` (0-based within the dataset row), ``start`` (position of the first window token),
-    ``center`` (index of the activating token inside the window), ``token_ids`` and ``tokens``
-    (the window: up to ``before`` tokens before and ``after`` after, decoded from the stored
-    dataset rows), and ``activations``: per window token the neuron's stored value where one is
-    known (the example itself and any other top example in that window), else null. Per-token
-    activations of the rest of the window are not stored (recomputing them needs the model).
-    ``run_id``: read that stats run instead of the current one.
-
-    >>> ex = top_examples(engine, "synth-a", 0, 3, k=5, before=6)          # doctest: +SKIP
-    >>> ex.row(0, named=True)["tokens"][ex["center"][0]]                 # doctest: +SKIP
-    ' the'
-    """
-    p = neuron_params(engine, model, layer, idx) | {"k": int(k), "before": max(int(before), 0),
-                                                     "after": max(int(after), 0)}
-    out = frame(engine, f"""
-        SELECT e.rank::int AS rank, e.value::float8 AS value, e.row_idx, e.position::int AS position,
-               w.start, e.position - w.start AS center,
-               dr.tokens[w.start + 1 : e.position + 1 + :after] AS token_ids,
-               ARRAY(SELECT coalesce(v.text, '�')
-                       FROM unnest(dr.tokens[w.start + 1 : e.position + 1 + :after]) WITH ORDINALITY AS t(tok, ord)
-                       LEFT JOIN vocab_token v ON v.tokenizer_id = m.tokenizer_id AND v.token_id = t.tok
-                      ORDER BY t.ord) AS tokens
-        FROM {rows_of(engine, "top_example", run_id, p)} e
-        JOIN run r ON r.id = e.run_id
-        JOIN model m ON m.id = e.model_id
-        JOIN dataset_row dr ON dr.dataset_id = r.dataset_id AND dr.row_idx = e.row_idx
-        CROSS JOIN LATERAL (SELECT greatest(e.position - :before, 0) AS start) w
-        WHERE e.model_id = :m AND e.layer = :l AND e.idx = :i
-        ORDER BY e.rank LIMIT :k
-    """, p)
-    if out.height == 0:
-        return out.with_columns(pl.lit(None).alias("activations"))
-    known: dict[tuple[int, int], float] = {
-        (r, pos): v for r, pos, v in zip(out["row_idx"], out["position"], out["value"])}
-    acts = []
-    for row in out.iter_rows(named=True):
-        acts.append([known.get((row["row_idx"], row["start"] + j)) for j in range(len(row["tokens"]))])
-    return out.with_columns(pl.Series("activations", acts, dtype=pl.List(pl.Float64)))
 
 
 def token_activations(engine: Engine, model: ModelRef, layer: int, idx: int, *, limit: int = 20,
@@ -248,39 +205,46 @@ def neuron_families(engine: Engine, model: ModelRef, layer: int, idx: int, *,
 def neuron_page(engine: Engine, model: ModelRef, layer: int, idx: int, *, k: int = 20, before: int = 12,
                 after: int = 4, partner_examples: int = 5) -> dict[str, pl.DataFrame]:
     """Everything the neuron page shows, as a dict of frames: ``neuron, histogram, vocab_effects,
-    top_examples, token_activations, partners, edges, labels, features, families``, plus
-    ``partner_examples`` (the top examples of each best partner, with an ``other_model`` column).
+    top_examples, quantile_examples, bottom_examples, token_activations, partners, edges, labels,
+    features, families``, plus ``partner_examples`` (each best partner's activations over this
+    neuron's top ``partner_examples`` examples, where an examples run stored them) and
+    ``partner_top_examples`` (the partners' own top examples, for partners without the former),
+    both with an ``other_model`` column.
 
     >>> page = neuron_page(engine, "synth-a", 0, 3)      # doctest: +SKIP
     >>> sorted(page)                                     # doctest: +SKIP
     """
     with connect(engine) as conn:  # one connection for the whole page
         return _neuron_page(conn, model_id(conn, model), layer, idx, k=k, before=before, after=after,
-                            partner_examples=partner_examples)
+                            partner_k=partner_examples)
 
 
 def _neuron_page(engine: Connection, model: int, layer: int, idx: int, *, k: int, before: int, after: int,
-                 partner_examples: int) -> dict[str, pl.DataFrame]:
+                 partner_k: int) -> dict[str, pl.DataFrame]:
     record = neuron(engine, model, layer, idx)
+    window = {"before": before, "after": after}
     page = {
         "neuron": record,
         "histogram": _histogram_of(record),
         "vocab_effects": vocab_effects(engine, model, layer, idx),
-        "top_examples": top_examples(engine, model, layer, idx, k=k, before=before, after=after),
+        "top_examples": top_examples(engine, model, layer, idx, k=k, **window),
+        "quantile_examples": sampled_examples(engine, model, layer, idx, "quantile", **window),
+        "bottom_examples": sampled_examples(engine, model, layer, idx, "bottom", **window),
         "token_activations": token_activations(engine, model, layer, idx),
         "partners": best_partners(engine, model, layer, idx),
         "edges": partner_edges(engine, model, layer, idx),
         "labels": labels(engine, model, layer, idx),
         "features": features(engine, model, layer, idx),
         "families": neuron_families(engine, model, layer, idx),
+        "partner_examples": _partner_examples(engine, model, layer, idx, k=partner_k, **window),
     }
+    covered = set(page["partner_examples"]["other_model"].to_list()) if page["partner_examples"].height else set()
     examples = []
     for row in page["partners"].iter_rows(named=True):
-        if row["best_layer"] is None:
+        if row["best_layer"] is None or row["other_model"] in covered:
             continue
-        ex = top_examples(engine, int(row["other_model_id"]), row["best_layer"], row["best_idx"], k=partner_examples,
-                          before=before, after=after)
+        ex = top_examples(engine, int(row["other_model_id"]), row["best_layer"], row["best_idx"], k=partner_k, **window)
         if ex.height:
             examples.append(ex.with_columns(pl.lit(row["other_model"]).alias("other_model")))
-    page["partner_examples"] = pl.concat(examples, how="diagonal_relaxed") if examples else pl.DataFrame()
+    page["partner_top_examples"] = pl.concat(examples, how="diagonal_relaxed") if examples else pl.DataFrame()
     return page

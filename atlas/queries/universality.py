@@ -1,5 +1,5 @@
-"""Universal neurons (the paper's excess correlation above a threshold), per-layer summaries and
-the distributions behind the paper's figures.
+"""Universal neurons (the paper's excess correlation above a threshold), per-layer summaries, the
+distributions behind the paper's figures, and what explains a model's universal count.
 
 ``excess`` = mean over partners of (best-partner rho − best rho against a randomly rotated
 partner); universal ⇔ ``excess > threshold`` (the paper: 0.5), chosen at query time. Dead neurons
@@ -198,33 +198,30 @@ def layer_summary(engine: Engine, *, model: ModelRef | None = None, threshold: f
     """, where.params | {"t": float(threshold)})
 
 
-def universal_properties(engine: Engine, *, model: ModelRef | None = None, threshold: float = 0.5) -> pl.DataFrame:
-    """What distinguishes universal neurons (the paper's §3 check): for each property, the median
-    within-layer percentile (0–100) of the universal neurons vs all others, over the reference
-    neurons that have activation statistics. ``model, property, universal_median_pct,
-    other_median_pct, n_universal``.
+def universality_summary(engine: Engine, *, threshold: float = 0.5, cohort: str | None = None, top: int = 20,
+                         run_id: int | None = None) -> pl.DataFrame:
+    """Per reference model of the current correlation runs, what explains its universal count at
+    ``threshold``: ``model, cohort, n_neurons, n_universal, median_mean_corr`` (best-partner rho,
+    averaged over partners), ``median_mean_baseline`` (the rotation baseline), ``median_excess``,
+    ``max_excess``, and ``top_threshold``: the excess of its ``top``-th strongest neuron (a
+    threshold just under it shows the ``top`` strongest neurons). When nothing passes, compare the
+    medians: a baseline close to the best correlation means the seeds barely agree beyond chance.
 
-    >>> universal_properties(engine, model="synth-a")   # doctest: +SKIP
+    >>> universality_summary(engine, threshold=0.5).select("model", "n_universal", "top_threshold")  # doctest: +SKIP
     """
-    where = Where().scope(engine, model=model, model_column="o.model_id")
+    where = Where().scope(engine, cohort=cohort)
+    params = where.params | {"t": float(threshold), "top": max(int(top), 1)}
     return frame(engine, f"""
-        WITH n AS (
-            SELECT o.model, o.excess > :t AS universal,
-                   100 * percent_rank() OVER (PARTITION BY o.model_id, o.layer ORDER BY o.skew) AS skew,
-                   100 * percent_rank() OVER (PARTITION BY o.model_id, o.layer ORDER BY o.kurtosis) AS kurtosis,
-                   100 * percent_rank() OVER (PARTITION BY o.model_id, o.layer ORDER BY o.act_frequency) AS act_frequency,
-                   100 * percent_rank() OVER (PARTITION BY o.model_id, o.layer ORDER BY o.input_bias) AS input_bias,
-                   100 * percent_rank() OVER (PARTITION BY o.model_id, o.layer ORDER BY o.l2_penalty) AS l2_penalty,
-                   100 * percent_rank() OVER (PARTITION BY o.model_id, o.layer ORDER BY o.vocab_kurtosis) AS vocab_kurtosis
-            FROM neuron_overview o
-            WHERE o.excess IS NOT NULL AND o.stats_run_id IS NOT NULL {where.sql}
-        )
-        SELECT model, p.property,
-               percentile_cont(0.5) WITHIN GROUP (ORDER BY p.value) FILTER (WHERE universal) AS universal_median_pct,
-               percentile_cont(0.5) WITHIN GROUP (ORDER BY p.value) FILTER (WHERE NOT universal) AS other_median_pct,
-               count(*) FILTER (WHERE universal) AS n_universal
-        FROM n CROSS JOIN LATERAL (VALUES ('skew', skew), ('kurtosis', kurtosis), ('act_frequency', act_frequency),
-                                          ('input_bias', input_bias), ('l2_penalty', l2_penalty),
-                                          ('vocab_kurtosis', vocab_kurtosis)) AS p(property, value)
-        GROUP BY model, p.property ORDER BY model, p.property
-    """, where.params | {"t": float(threshold)})
+        SELECT m.name AS model, c.name AS cohort, count(*) AS n_neurons,
+               count(*) FILTER (WHERE u.excess > :t) AS n_universal,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY u.mean_corr) AS median_mean_corr,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY u.mean_baseline) AS median_mean_baseline,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY u.excess) AS median_excess,
+               max(u.excess)::float8 AS max_excess,
+               (array_agg(u.excess::float8 ORDER BY u.excess DESC) FILTER (WHERE u.excess IS NOT NULL))
+                   [least(:top, count(u.excess))] AS top_threshold
+        FROM {rows_of(engine, "neuron_universality", run_id, params)} u
+        JOIN model m ON m.id = u.model_id LEFT JOIN cohort c ON c.id = m.cohort_id
+        WHERE true {where.sql}
+        GROUP BY m.name, c.name ORDER BY m.name
+    """, params)

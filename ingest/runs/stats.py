@@ -9,7 +9,8 @@
 3. a ``stats`` run: one streaming pass over the dataset's rows — ``hook_pre`` moments, min/max and
    histogram, ``hook_post`` mean/max/firing frequency, exact top-k examples and the per-token
    table (``atlas.ingest.math.moments.NeuronStatsAccumulator``) over the positions the dataset's filter rule
-   keeps. Accumulators are checkpointed every ``checkpoint_every`` tokens (``atlas.ingest.checkpoint``:
+   keeps, and in the same pass the most negative examples and quantile examples of every neuron
+   (``atlas.ingest.math.example_sampling.ExampleSampler``, table ``sampled_example``). Accumulators are checkpointed every ``checkpoint_every`` tokens (``atlas.ingest.checkpoint``:
    bound to this run, database, model and dataset); a killed run resumes from its checkpoint when
    the same command runs again and ends with results identical to an uninterrupted run.
 
@@ -29,6 +30,7 @@ from sqlalchemy.engine import Engine
 from atlas.errors import AtlasError
 from atlas.ingest.activations import kept_token_mask, mlp_activations
 from atlas.ingest.checkpoint import Checkpoint, payload_bytes
+from atlas.ingest.math.example_sampling import ExampleSampler
 from atlas.ingest.math.moments import HIST_EDGES, HIST_RANGE, NeuronStatsAccumulator, histogram_edges
 from atlas.ingest.math.weights import model_weight_stats
 from atlas.ingest.models import LoadedModel, load_model
@@ -42,6 +44,10 @@ class StatsOptions(RunOptions):
     """Parameters of a stats pass. Those in ``run_params`` identify the run; the rest only affect speed."""
 
     top_k: int = 20
+    bottom_k: int = 10  # most negative examples
+    quantiles: int = 5  # quantile examples: bands of the firing distribution ...
+    per_quantile: int = 2  # ... examples per band ...
+    reservoir: int = 64  # ... drawn from a uniform sample of this many firing tokens per neuron
     top_tokens: int = 100
     min_token_count: int = 1
     hist_range: tuple[float, float] = HIST_RANGE
@@ -59,6 +65,12 @@ class StatsOptions(RunOptions):
             "histogram_edges": [float(e) for e in edges], "histogram_semantics": "numpy: [e_i, e_i+1), last closed; outside not counted",
             "filter_rule": info.filter_rule, "dataset_content_hash": info.content_hash,
             "moments": "population variance; skew and kurtosis biased (scipy defaults), kurtosis non-excess",
+            "sampled_examples": {
+                "bottom_k": self.bottom_k, "quantiles": self.quantiles, "per_quantile": self.per_quantile,
+                "reservoir": self.reservoir,
+                "rule": "bottom: smallest hook_post; quantile: a uniform sample (priority sampling, keys hashed from "
+                        "the token's dataset position) of the tokens with hook_post > 0, cut into equal bands by "
+                        "value, examples of smallest key in each band"},
         }
 
 
@@ -110,8 +122,9 @@ def run_stats(engine: Engine, model: LoadedModel, dataset: DatasetInfo | str | i
     t0 = time.perf_counter()
     with run:
         checkpoint = Checkpoint.for_run(run, models=[model.revision], dataset=info.content_hash, warn=options.log)
-        stats, tokens_run, resumed_at = _stream(run, checkpoint, model, info, options)
+        stats, samples, tokens_run, resumed_at = _stream(run, checkpoint, model, info, options)
         frames = stats.frames(model_id, model.d_mlp, info.context_length)
+        frames["sampled_example"] = samples.frame(model_id, model.d_mlp, info.context_length)
         run.publish(frames)
         checkpoint.discard()
     return RunOutcome("stats", model.name, run.id, "done", tokens=tokens_run, seconds=time.perf_counter() - t0,
@@ -125,15 +138,19 @@ def _token_sum_dtype(loaded: LoadedModel) -> torch.dtype:
 
 
 def _stream(run, checkpoint: Checkpoint, loaded: LoadedModel, info: DatasetInfo, options: StatsOptions):
-    """Stream the dataset's rows once; returns (finalized stats, tokens streamed here, tokens resumed at)."""
+    """Stream the dataset's rows once; returns (finalized stats, sampled examples, tokens streamed here,
+    tokens resumed at)."""
     ctx = info.context_length
     acc = NeuronStatsAccumulator(loaded.n_neurons, loaded.d_vocab, top_k=options.top_k,
                                  edges=histogram_edges(*options.hist_range, options.hist_edges),
                                  device=loaded.device, token_sum_dtype=_token_sum_dtype(loaded))
+    sampler = ExampleSampler(loaded.n_neurons, bottom_k=options.bottom_k, reservoir=options.reservoir,
+                             quantiles=options.quantiles, per_quantile=options.per_quantile, device=loaded.device)
     rows_done = 0
     state = checkpoint.load(map_location=acc.device) if options.resume else checkpoint.discard()
     if state is not None:
         acc.load_state_dict(state["accumulators"])
+        sampler.load_state_dict(state["samples"])
         rows_done = int(state["rows_done"])
         options.log(f"stats {loaded.name}: resuming at {rows_done * ctx:,} tokens (row {rows_done} of {info.n_rows})")
     start_tokens = rows_done * ctx
@@ -150,18 +167,19 @@ def _stream(run, checkpoint: Checkpoint, loaded: LoadedModel, info: DatasetInfo,
             token_ids = tokens.reshape(-1)[keep]
             token_index = (row0 * ctx + torch.arange(b * ctx, device=tokens.device))[keep]
             acc.update(pre, post, token_ids, token_index)
+            sampler.update(post, token_index)
             rows_done = row0 + b
             progress.advance(b * ctx)
             if rows_done * ctx - last_ckpt_tokens >= every and rows_done < info.n_rows:
                 progress.flush()
                 checkpoint.save({"rows_done": rows_done, "batch_size": options.batch_size,
-                                 "accumulators": acc.state_dict()})
+                                 "accumulators": acc.state_dict(), "samples": sampler.state_dict()})
                 last_ckpt_tokens = rows_done * ctx
             if options.batch_delay:
                 time.sleep(options.batch_delay)
         progress.close()
     stats = acc.finalize(top_tokens=options.top_tokens, min_token_count=options.min_token_count)
-    return stats, rows_done * ctx - start_tokens, start_tokens
+    return stats, sampler.finalize(), rows_done * ctx - start_tokens, start_tokens
 
 
 # ---------------------------------------------------------------- one model, end to end

@@ -25,13 +25,43 @@ _REGISTER_LOCK = 72120242  # serialises concurrent registrations (get-or-create 
 
 # ---------------------------------------------------------------- tokenizers
 
+def _byte_of_char() -> dict[str, int]:
+    """Byte-level BPE's alphabet (GPT-2, GPT-NeoX): each byte is written as one printable character —
+    printable Latin-1 bytes as themselves, the other 68 as chr(256 + n) in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+_BYTE_OF_CHAR = _byte_of_char()
+
+
+def _bytes_shown(raw: bytes) -> str:
+    """UTF-8 text where it decodes, each byte that does not as ``<0xNN>``."""
+    text = raw.decode("utf-8", errors="surrogateescape")
+    return "".join(f"<0x{ord(c) - 0xDC00:02X}>" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+
+
 def vocab_texts(tokenizer: Any) -> list[str]:
-    """Decoded text of every token id (``' the'`` with its space; partial UTF-8 bytes show as ``�``).
+    """Decoded text of every token id (``' the'`` with its space). A byte-level token that is not
+    valid UTF-8 alone (part of a multi-byte character) shows its bytes, ``<0xE2><0x80>``: decoded it
+    would be ``�``, the same for hundreds of tokens (issue 11: a chart merged them into one bar).
 
     NUL (a byte-level token) becomes ``␀``: PostgreSQL text cannot hold it.
     """
     n = len(tokenizer)
     texts = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+    for i, text in enumerate(texts):
+        if "\ufffd" in text:
+            raw = tokenizer.convert_ids_to_tokens(i)
+            if isinstance(raw, str) and raw and all(c in _BYTE_OF_CHAR for c in raw):
+                texts[i] = _bytes_shown(bytes(_BYTE_OF_CHAR[c] for c in raw))
     return [t.replace("\x00", "\u2400") for t in texts]
 
 

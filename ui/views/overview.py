@@ -1,24 +1,29 @@
-"""Overview: models, cohorts, datasets, runs; universal share per layer; max-corr vs baseline."""
+"""Overview: what is in the atlas, how many neurons are universal at the sidebar's threshold and
+why, and the paper's figures live: the universal share per layer, excess correlation with the
+threshold, best correlation vs the rotation baseline, and what distinguishes universal neurons
+(within-layer percentiles of their properties). Every figure has its data and a CSV download."""
 
 from __future__ import annotations
 
+import polars as pl
 import streamlit as st
 
 from atlas import queries
-from atlas.ui import common
+from atlas.ui import charts, common, state
 
 common.page_header("Neuron Atlas", "Which MLP neurons does every training seed learn, and what do they do?")
 eng = common.engine()
 common.require_data(eng)
 
+threshold = state.threshold()  # the sidebar's, shared by every page and every count here
 models = queries.models(eng)
-cohorts = queries.cohorts(eng)
+cohorts = queries.cohorts(eng, threshold=threshold)
 runs = queries.runs(eng, limit=500)
-threshold = st.sidebar.slider("Universality threshold (excess correlation)", 0.0, 1.0, 0.5, 0.05,
-                              key="threshold", bind="query-params",
-                              help="A reference neuron is universal when mean best-partner correlation minus the "
-                                   "random-rotation baseline exceeds this (the paper: 0.5).")
 layers = common.summary(eng, "layer_universality", threshold=threshold)
+why = common.summary(eng, "universality_summary", threshold=threshold)
+references = sorted(set(layers["model"].to_list())) if layers.height else []
+address = state.Address("overview", state.choice("reference", references or [""], expected="a reference model"),
+                        state.choice("view", ["by layer", "pooled"]))
 
 c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric("Models", models.height)
@@ -26,45 +31,98 @@ c2.metric("Cohorts", cohorts.height)
 c3.metric("Neurons", f"{int(models['n_neurons'].sum()):,}")
 n_univ = int(layers["n_universal"].sum()) if layers.height else 0
 n_corr = int(layers["n_neurons"].sum()) if layers.height else 0
-c4.metric("Universal neurons", f"{n_univ:,}", help=f"excess > {threshold:g}, over {n_corr:,} correlated reference neurons")
-n_running = int((runs["status"] == "running").sum()) if runs.height else 0
+c4.metric("Universal neurons", f"{n_univ:,}", help=f"excess correlation > {threshold:g} (the sidebar's threshold), "
+                                                   f"over {n_corr:,} correlated reference neurons")
+n_running = int((runs["state"] == "running").sum()) if runs.height else 0
 c5.metric("Runs done", int((runs["status"] == "done").sum()) if runs.height else 0,
           delta=f"{n_running} running" if n_running else None, delta_color="off")
+
+
+def explain(row: dict) -> None:
+    """Why a reference model has the universal count it has, and which threshold shows its strongest neurons."""
+    medians = (f"its neurons' median best-partner correlation is {row['median_mean_corr']:.2f} against a median "
+               f"rotation baseline of {row['median_mean_baseline']:.2f} (median excess {row['median_excess']:.2f})")
+    if row["n_universal"] == 0:
+        top = row["top_threshold"]
+        show = max(0.0, int((top or 0.0) * 100) / 100)  # just under the 20th strongest
+        st.info(f"No neuron of **{row['model']}** has excess correlation above {threshold:g}: {medians}; its strongest "
+                f"reaches {row['max_excess']:.2f}. The seeds agree beyond chance only that far — a threshold of "
+                f"{show:g} shows its 20 strongest neurons.", icon=":material/help:")
+        common.page_link("views/universal.py", f"{row['model']}: the 20 strongest neurons (threshold {show:g})",
+                         icon=":material/arrow_forward:", cohort=row["cohort"], threshold=f"{show:g}")
+    else:
+        st.caption(f"**{row['model']}**: {row['n_universal']:,} of {row['n_neurons']:,} neurons above {threshold:g}; "
+                   f"{medians}.")
+
+
+for row in why.iter_rows(named=True):
+    explain(row)
+if layers.height:
+    common.page_link("views/universal.py", f"The {n_univ:,} universal neurons →", icon=":material/hub:")
 
 left, right = st.columns(2)
 with left:
     st.subheader("Universal share per layer")
     if layers.height:
-        st.altair_chart(common.share_chart(layers), width="stretch")
-        st.caption("The paper finds a U shape: most universal neurons in the first and last layers.")
+        common.figure(charts.share_chart(layers), layers, name="universal_share_per_layer", key="share",
+                      query=f"layer_universality(engine, threshold={threshold:g})")
+        st.caption("Per reference model (its cohort in brackets). The paper finds a U shape: most universal neurons "
+                   "in the first and last layers.")
     else:
         common.nothing_yet("No correlation run yet: run `atlas correlate` on a cohort.")
 with right:
-    st.subheader("Mean max-correlation vs baseline")
+    st.subheader("Excess correlation")
     dist = common.summary(eng, "correlation_distribution", bins=40)
     if dist.height:
-        st.altair_chart(common.distribution_chart(dist), width="stretch")
-        st.caption("Per reference neuron: mean over partners of the best correlation (red) and of the best "
-                   "correlation with a randomly rotated partner (grey). Universal neurons sit far right of the baseline.")
+        common.figure(charts.excess_chart(dist, threshold), dist.filter(pl.col("measure") == "excess"),
+                      name="excess_correlation", key="excess", query="correlation_distribution(engine, bins=40)")
+        st.caption(f"Reference neurons by excess correlation; red: above the threshold ({threshold:g}).")
     else:
         common.nothing_yet("No correlations yet.")
 
-references = sorted(set(layers["model"].to_list())) if layers.height else []
-if references:
+if dist.height:
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Best correlation vs baseline")
+        medians = {"mean_corr": why["median_mean_corr"].median() if why.height else None,
+                   "mean_baseline": why["median_mean_baseline"].median() if why.height else None}
+        common.figure(charts.correlation_chart(dist, medians), dist.filter(pl.col("measure") != "excess"),
+                      name="correlation_vs_baseline", key="corr", query="correlation_distribution(engine, bins=40)")
+        st.caption("Per reference neuron: its best correlation in each other seed, averaged (red), and the same against "
+                   "a randomly rotated seed (grey, the baseline); dashed: the medians. Universal neurons sit far right "
+                   "of the baseline.")
+    with right:
+        st.subheader("Universal neurons by cohort")
+        st.dataframe(why.select("model", "cohort", "n_neurons", "n_universal", "median_mean_corr",
+                                "median_mean_baseline", "max_excess"), hide_index=True, width="stretch",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
+                                    ("median_mean_corr", "median_mean_baseline", "max_excess")})
+        st.caption(f"Per reference model at threshold {threshold:g}: the medians of its best correlation and of the "
+                   "rotation baseline, and its strongest excess (`universality_summary`).")
+
     st.subheader("What distinguishes universal neurons")
-    reference = st.selectbox("Reference model", references, key="properties_model") if len(references) > 1 \
-        else references[0]
-    props = common.summary(eng, "universal_properties", model=reference, threshold=threshold)
-    if props.height and props["n_universal"].sum() > 0:
-        st.altair_chart(common.properties_chart(props), width="stretch")
-        st.caption("Median within-layer percentile of each property: universal neurons (red) vs the rest. The paper: "
-                   "high skew and kurtosis, rarely firing, negative input bias.")
+    a, b, _ = st.columns([2, 2, 4])
+    reference = a.selectbox("Reference model", references or [""], key=address.key("reference"))
+    view = b.radio("Percentiles", ["by layer", "pooled"], horizontal=True, key=address.key("view"))
+    props = common.summary(eng, "universal_properties", model=reference, threshold=threshold,
+                           by_layer=view == "by layer")
+    if props.height and (props["group"] == "universal").any():
+        common.figure(charts.properties_chart(props), props, name=f"universal_properties_{reference}", key="props",
+                      query=f"universal_properties(engine, model={reference!r}, threshold={threshold:g}, "
+                            f"by_layer={view == 'by layer'})")
+        st.caption("Each property ranked among the neurons of its layer (percentile, as the paper normalises); "
+                   "universal neurons (red) vs the rest (grey): line p10–p90, bar p25–p75, tick the median. The paper "
+                   "(GPT2): universal neurons fire rarely, have high activation skew and kurtosis, negative input bias "
+                   "and large weight norm (l2_penalty). SQL: the view `neuron_property_percentile`.")
     else:
-        st.caption(f"No neuron of {reference} passes the threshold — lower it in the sidebar.")
+        st.caption(f"No neuron of {reference} passes the threshold {threshold:g} — lower it in the sidebar.")
+address.write()
+address.report()
 
 st.subheader("Cohorts")
 st.dataframe(cohorts.drop("cohort_id"), hide_index=True, width="stretch",
-             column_config={"models": st.column_config.ListColumn("models")})
+             column_config={"models": st.column_config.ListColumn("models"),
+                            "n_universal": st.column_config.NumberColumn(f"universal (> {threshold:g})")})
 st.subheader("Models")
 st.dataframe(models.drop("model_id"), hide_index=True, width="stretch")
 ds = queries.datasets(eng)
@@ -72,10 +130,11 @@ if ds.height:
     st.subheader("Datasets")
     st.dataframe(ds.drop("dataset_id"), hide_index=True, width="stretch")
 st.subheader("Latest runs")
-st.dataframe(runs.head(10).select("run_id", "kind", "status", "model", "cohort", "dataset", "progress", "seconds", "error"),
+st.dataframe(runs.head(10).select("run_id", "kind", "state", "model", "cohort", "dataset", "progress", "seconds",
+                                  "error"),
              hide_index=True, width="stretch",
              column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
-st.page_link("views/runs.py", label="All runs and live progress →")
+common.page_link("views/runs.py", "All runs and live progress →")
 with st.expander("Per-layer summary"):
     summary = common.summary(eng, "layer_summary", threshold=threshold)
     st.dataframe(summary, hide_index=True, width="stretch")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import streamlit as st
 
 from atlas import queries
-from atlas.ui import common
+from atlas.ui import common, state
 
 common.page_header("Runs", "Every computation is a run: kind, subject, state, progress, timings, error. "
                    "Scheduled steps wait in the queue until a worker takes them.")
 eng = common.engine()
 
-live = st.toggle("Live refresh (every 2 s)", value=True, key="live")
+address = state.Address("runs", state.flag("live", True))
+live = st.toggle("Live refresh (every 2 s)", key=address.key("live"))
+address.write()
+address.report()
 
 
 @st.fragment(run_every=2.0 if live else None)
@@ -22,9 +25,9 @@ def runs_panel() -> None:
         return
     counts = {s: int((runs["state"] == s).sum()) for s in ("running", "stale", "queued", "done", "failed")}
     cols = st.columns(len(counts))
-    for col, (state, n) in zip(cols, counts.items()):
-        col.metric(state, n, help="stale: the run's process died; rerunning the same step resumes it from its "
-                                  "checkpoint (workers do it by themselves)" if state == "stale" else None)
+    for col, (run_state, n) in zip(cols, counts.items()):
+        col.metric(run_state, n, help="stale: the run's process died; rerunning the same step resumes it from its "
+                                  "checkpoint (workers do it by themselves)" if run_state == "stale" else None)
     queue_panel()
     active = runs.filter(runs["state"].is_in(["running", "stale", "queued"]))
     for run in active.iter_rows(named=True):
