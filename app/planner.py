@@ -3,9 +3,13 @@
 For every dataset and cohort of a manifest, ``plan`` compares what should be there with the
 finished runs in the database and returns the steps whose prerequisites are met, in order:
 
-    build the dataset → ingest each model (weights + stats) → correlate the cohort once all its
-    models are in → then both: store the activations around every example (``examples``) and
-    classify the cohort
+    build the dataset → ingest each model (weights + stats; a training checkpoint after the final
+    model it is a checkpoint of) → correlate the cohort once all its models are in → then both:
+    store the activations around every example (``examples``) and classify the cohort
+
+Universality over training needs no step of its own: the seeds' checkpoints at one training step
+are a cohort of the manifest (``atlas.app.demo`` writes one per shipped step), correlated like any
+other; its models carry ``step`` and ``checkpoint_of``, and a cohort may skip examples and classify.
 
 A cohort that gained a model is stale: its newest correlation, examples and classification cover
 another model set, so all are planned again (new runs; the old ones stay queryable). A worker runs the
@@ -78,6 +82,16 @@ def _digest(names: list[str]) -> str:
     return hashlib.sha256("\0".join(names).encode()).hexdigest()[:10]
 
 
+def _parent_registered(manifest: Manifest, done: _Done, parent: str) -> bool:
+    """Whether the final model ``parent`` of a checkpoint is in: ingested on its own cohort's dataset
+    when the manifest has it, else assumed registered already (ingest says so when it is not)."""
+    try:
+        cohort, _ = manifest.model(parent)
+    except AtlasError:
+        return True
+    return done.ingested(parent, cohort.dataset)
+
+
 def plan(engine: Engine, manifest: Manifest) -> list[Step]:
     """The missing steps whose prerequisites are finished, in dependency order."""
     done = _Done.read(engine)
@@ -96,9 +110,13 @@ def plan(engine: Engine, manifest: Manifest) -> list[Step]:
         models = cohort.models()
         missing = [m for m in models if not done.ingested(m.name, cohort.dataset)]
         for m in missing:
+            if m.checkpoint_of is not None and not _parent_registered(manifest, done, m.checkpoint_of):
+                continue  # a checkpoint names its final model, which must be in the atlas first
+            training = {} if m.step is None else {
+                "step": m.step, "train_tokens": m.train_tokens, "checkpoint_of": m.checkpoint_of}
             steps.append(Step("ingest_model", {
                 "source": m.source, "name": m.name, "cohort": cohort.name, "seed_label": m.seed,
-                "dataset": cohort.dataset,
+                "dataset": cohort.dataset, **training,
             }, key=f"ingest:{m.name}:{cohort.dataset}"))
         if missing or not models:
             continue
@@ -113,7 +131,7 @@ def plan(engine: Engine, manifest: Manifest) -> list[Step]:
                 }, key=f"correlate:{cohort.name}:{cohort.dataset}:{_digest(names)}"))
                 continue
         examples = done.examples(cohort.name, cohort.dataset, names)
-        if examples is None or (correlate and examples["finished_at"] < correlation["finished_at"]):
+        if cohort.examples and (examples is None or (correlate and examples["finished_at"] < correlation["finished_at"])):
             steps.append(Step("examples_cohort", {"cohort": cohort.name, "dataset": cohort.dataset},
                               key=f"examples:{cohort.name}:{cohort.dataset}:{_digest(names)}"))
         classification = done.classification(cohort.name, cohort.dataset, names)
