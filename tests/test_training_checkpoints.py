@@ -289,3 +289,66 @@ def test_a_stopped_recipe_is_the_full_recipe_at_that_step(tiny_cohort, tmp_path)
     full = load_file(str(tiny_cohort.paths[0] / "steps" / f"step-{step:07d}" / "model.safetensors"))
     mine = load_file(str(trained.paths[0] / "model.safetensors"))
     assert mine.keys() == full.keys() and all(torch.equal(mine[k], full[k]) for k in full)
+
+
+@pytest.mark.slow
+def test_the_planner_ingests_checkpoints_after_their_models_and_correlates_each_step(db_url, engine, tmp_path,
+                                                                                      tiny_cohort, monkeypatch):
+    """What `atlas demo` runs: a manifest whose step cohorts hold the seeds' checkpoints (listed first
+    here, to show the planner, not the file, orders them after the final models they belong to);
+    each step cohort is correlated, and neither classified nor given examples when it says so."""
+    from atlas import queries
+    from atlas.app.manifest import load_manifest
+    from atlas.app.planner import run_in_process
+
+    monkeypatch.setenv("ATLAS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ATLAS_DATABASE_URL", db_url)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(tiny_cohort.texts):
+        (corpus / f"doc{i:03d}.txt").write_text(text)
+    step = TINY.checkpoint_steps()[0]
+    tokens = step * TINY.batch_size * TINY.n_ctx
+    seeds = list(zip(tiny_cohort.names[:2], tiny_cohort.paths[:2], tiny_cohort.labels[:2]))
+    early = ",\n  ".join(
+        f'{{ name = "{n}@step{step}", source = "{p}/steps/step-{step:07d}", seed = "{l}", step = {step}, '
+        f'train_tokens = {tokens}, checkpoint_of = "{n}" }}' for n, p, l in seeds)
+    final = ",\n  ".join(f'{{ name = "{n}", source = "{p}", seed = "{l}", step = {TINY.n_steps()} }}'
+                         for n, p, l in seeds)
+    path = tmp_path / "atlas.toml"
+    path.write_text(f"""
+[datasets.tiny]
+tokenizer_from = "tiny-a"
+inputs = ["corpus/*.txt"]
+context_length = {tiny_cohort.context_length}
+max_tokens = {tiny_cohort.rows.numel()}
+
+[cohorts."tiny@step{step}"]
+dataset = "tiny"
+classify = false
+examples = false
+models = [
+  {early},
+]
+
+[cohorts.tiny]
+dataset = "tiny"
+classify = false
+examples = false
+models = [
+  {final},
+]
+""")
+    said: list[str] = []
+    run_in_process(engine, load_manifest(path), log=said.append)
+    order = [line.removeprefix("→ ") for line in said if line.startswith("→ ")]
+    assert order[0] == "dataset:tiny"
+    for name in ("tiny-a", "tiny-b"):  # each checkpoint after the model it is a checkpoint of
+        assert order.index(f"ingest:{name}:tiny") < order.index(f"ingest:{name}@step{step}:tiny")
+    assert sorted(o.split(":")[0] for o in order) == ["correlate", "correlate", "dataset"] + ["ingest"] * 4
+    shares = queries.universality_over_training(engine, cohort="tiny")
+    assert shares.select("model", "step", "train_tokens").unique(maintain_order=True).rows() == [
+        (f"tiny-a@step{step}", step, tokens), ("tiny-a", TINY.n_steps(), None)]
+    with pytest.raises(AtlasError, match=r"give its step = <n> too"):
+        path.write_text(path.read_text().replace(f"step = {TINY.n_steps()}", "train_tokens = 5"))
+        load_manifest(path)

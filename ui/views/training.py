@@ -1,5 +1,5 @@
 """Universality over training: the universal share per layer against training tokens, and one
-neuron's excess correlation through training (``atlas.queries_training``)."""
+neuron's excess correlation through training (``atlas.queries.training``)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ import altair as alt
 import polars as pl
 import streamlit as st
 
-from atlas import queries, queries_training
-from atlas.ui import common
+from atlas import queries
+from atlas.ui import common, state
 
 common.page_header("Over training", "When do the seeds' neurons become universal? Each training checkpoint's "
                                     "seeds are correlated like a cohort of their own.")
 eng = common.engine()
 common.require_data(eng)
 
-threshold = st.sidebar.slider("Universality threshold (excess correlation)", 0.0, 1.0, 0.5, 0.05,
-                              key="threshold", bind="query-params")
-curve = queries_training.universality_over_training(eng, threshold=threshold)
+threshold = state.threshold()  # the sidebar's, shared by every page
+curve = queries.universality_over_training(eng, threshold=threshold)
 if curve.is_empty():
     common.nothing_yet("No training checkpoints correlated yet: `make demo` does it for the demo cohort; for your "
                        "own models register checkpoints with `atlas ingest --step N --checkpoint-of MODEL` and run "
@@ -55,7 +54,7 @@ default_layer, default_idx = (int(top["layer"][0]), int(top["idx"][0])) if top.h
 c1, c2 = st.columns(2)
 layer = c1.number_input("layer", 0, int(mine["layer"].max()), default_layer, key="neuron_layer")
 idx = c2.number_input("index", 0, int(mine["n_neurons"].max()) - 1, default_idx, key="neuron_idx")
-path = queries_training.neuron_over_training(eng, trained, int(layer), int(idx))
+path = queries.neuron_over_training(eng, trained, int(layer), int(idx))
 if path.height:
     data = (path.with_columns((pl.col("train_tokens") / 1e6).alias("million_tokens"))
             .unpivot(index=["step", "million_tokens"], on=["mean_corr", "mean_baseline", "excess"],
