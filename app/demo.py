@@ -24,7 +24,8 @@ def demo_manifest(*, seeds: int | None = None, train_tokens: int | None = None, 
                   log: Callable[[str], Any] = print) -> Manifest:
     """The demo cohort (the shipped one; trained here, cached, when ``train`` or another recipe is
     asked for), its manifest written and returned loaded. The seeds' training checkpoints become
-    one cohort per step (correlated, neither classified nor given examples): the over-training page."""
+    one cohort per step (correlated; no activation statistics, classification or examples, which
+    the over-training page does not show): the over-training page."""
     from atlas.ingest.corpus import fetch_demo_corpus
     from atlas.ingest.shipped import demo_cohort
     from atlas.ingest.zoo import DEMO, checkpoint_dirs
@@ -71,7 +72,7 @@ def _model_line(name: str, path, label: str, step: int, train_tokens: int, check
 
 
 def _cohort_table(name: str, reference: str, lines: list[str], final: bool = True) -> str:
-    skip = "" if final else "classify = false\nexamples = false\n"
+    skip = "" if final else "stats = false\nclassify = false\nexamples = false\n"
     models = ",\n  ".join(lines)
     return f"""
 [cohorts.{json.dumps(name)}]

@@ -21,6 +21,7 @@ Example ``atlas.toml`` (paths and globs are relative to the manifest's directory
 
     [cohorts."demo@step977"]                  # the seeds at one training step (universality over training)
     dataset = "austen"
+    stats = false                             # weights only: correlation needs no activation statistics
     classify = false                          # families and roles only for the final models
     examples = false                          # nor the stored examples' activations
     models = [
@@ -110,6 +111,7 @@ class CohortEntry(_Entry):
     correlate: bool = True
     classify: bool = True
     examples: bool = True
+    stats: bool = True  # activation statistics of its models (false: weight statistics only)
 
 
 class _ManifestFile(_Entry):
@@ -151,6 +153,7 @@ class Cohort:
     classify: bool
     base: Path
     examples: bool = True
+    stats: bool = True
 
     def models(self) -> list[Model]:
         """The cohort's models now: fixed entries, and one per checkpoint directory a glob matches today."""
@@ -201,7 +204,8 @@ def load_manifest(path: str | Path) -> Manifest:
     manifest = Manifest(
         path=path,
         datasets={name: _dataset(path, name, entry) for name, entry in parsed.datasets.items()},
-        cohorts={name: Cohort(name, e.dataset, tuple(e.models), e.reference, e.correlate, e.classify, base, e.examples)
+        cohorts={name: Cohort(name, e.dataset, tuple(e.models), e.reference, e.correlate, e.classify, base, e.examples,
+                              e.stats)
                  for name, e in parsed.cohorts.items()},
     )
     _check_references(manifest, parsed)

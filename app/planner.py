@@ -9,7 +9,8 @@ finished runs in the database and returns the steps whose prerequisites are met,
 
 Universality over training needs no step of its own: the seeds' checkpoints at one training step
 are a cohort of the manifest (``atlas.app.demo`` writes one per shipped step), correlated like any
-other; its models carry ``step`` and ``checkpoint_of``, and a cohort may skip examples and classify.
+other; its models carry ``step`` and ``checkpoint_of``, and a cohort may skip activation statistics
+(``stats = false``: weights only), examples and classify.
 
 A cohort that gained a model is stale: its newest correlation, examples and classification cover
 another model set, so all are planned again (new runs; the old ones stay queryable). A worker runs the
@@ -57,8 +58,8 @@ class _Done:
     def _has(self, kind: str, **match: Any) -> bool:
         return any(r["kind"] == kind and all(r[k] == v for k, v in match.items()) for r in self.runs)
 
-    def ingested(self, model: str, dataset: str) -> bool:
-        return self._has("stats", model=model, dataset=dataset) and self._has("weights", model=model)
+    def ingested(self, model: str, dataset: str, stats: bool = True) -> bool:
+        return (not stats or self._has("stats", model=model, dataset=dataset)) and self._has("weights", model=model)
 
     def correlation(self, cohort: str, dataset: str, reference: str, models: list[str]) -> dict[str, Any] | None:
         """The newest finished correlation of exactly this model set with this reference, if any."""
@@ -89,7 +90,7 @@ def _parent_registered(manifest: Manifest, done: _Done, parent: str) -> bool:
         cohort, _ = manifest.model(parent)
     except AtlasError:
         return True
-    return done.ingested(parent, cohort.dataset)
+    return done.ingested(parent, cohort.dataset, cohort.stats)
 
 
 def plan(engine: Engine, manifest: Manifest) -> list[Step]:
@@ -108,12 +109,14 @@ def plan(engine: Engine, manifest: Manifest) -> list[Step]:
         if cohort.dataset not in done.datasets:
             continue
         models = cohort.models()
-        missing = [m for m in models if not done.ingested(m.name, cohort.dataset)]
+        missing = [m for m in models if not done.ingested(m.name, cohort.dataset, cohort.stats)]
         for m in missing:
             if m.checkpoint_of is not None and not _parent_registered(manifest, done, m.checkpoint_of):
                 continue  # a checkpoint names its final model, which must be in the atlas first
             training = {} if m.step is None else {
                 "step": m.step, "train_tokens": m.train_tokens, "checkpoint_of": m.checkpoint_of}
+            if not cohort.stats:
+                training["stats"] = False
             steps.append(Step("ingest_model", {
                 "source": m.source, "name": m.name, "cohort": cohort.name, "seed_label": m.seed,
                 "dataset": cohort.dataset, **training,

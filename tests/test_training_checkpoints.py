@@ -325,6 +325,7 @@ max_tokens = {tiny_cohort.rows.numel()}
 
 [cohorts."tiny@step{step}"]
 dataset = "tiny"
+stats = false
 classify = false
 examples = false
 models = [
@@ -346,6 +347,12 @@ models = [
     for name in ("tiny-a", "tiny-b"):  # each checkpoint after the model it is a checkpoint of
         assert order.index(f"ingest:{name}:tiny") < order.index(f"ingest:{name}@step{step}:tiny")
     assert sorted(o.split(":")[0] for o in order) == ["correlate", "correlate", "dataset"] + ["ingest"] * 4
+    with engine.connect() as conn:  # the step cohort: weight statistics only
+        kinds = conn.execute(sa.text("SELECT m.name, r.kind FROM run r JOIN model m ON m.id = r.model_id "
+                                     "WHERE r.kind IN ('stats', 'weights')")).all()
+    assert sorted(tuple(k) for k in kinds) == [("tiny-a", "stats"), ("tiny-a", "weights"),
+                                         (f"tiny-a@step{step}", "weights"), ("tiny-b", "stats"),
+                                         ("tiny-b", "weights"), (f"tiny-b@step{step}", "weights")]
     shares = queries.universality_over_training(engine, cohort="tiny")
     assert shares.select("model", "step", "train_tokens").unique(maintain_order=True).rows() == [
         (f"tiny-a@step{step}", step, tokens), ("tiny-a", TINY.n_steps(), None)]
