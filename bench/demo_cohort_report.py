@@ -37,7 +37,8 @@ def report(engine, cohort: str = "demo", threshold: float = 0.5) -> dict:
     rotation = queries.frame(engine, "SELECT r.params->>'rotation' AS rotation FROM latest_run r JOIN model m "
                                      "ON m.id = r.model_id WHERE r.kind = 'correlation' AND m.name = :m",
                              {"m": reference})["rotation"].to_list()
-    props = queries.universal_properties(engine, model=reference, threshold=threshold)
+    props = queries.universal_properties(engine, model=reference, threshold=threshold, by_layer=False)
+    pct = {(r["property"], r["group"]): r["median"] for r in props.iter_rows(named=True)}
     labels: dict[str, int] = {}
     for row in universal["labels"].to_list() if universal.height else []:
         for label in set(row or []):
@@ -53,9 +54,9 @@ def report(engine, cohort: str = "demo", threshold: float = 0.5) -> dict:
         "universal_median_baseline": _median(universal, "mean_baseline"),
         "universal_median_act_frequency": _median(universal, "act_frequency"),
         "universal_median_kurtosis": _median(universal, "kurtosis"),
-        "within_layer_percentiles": {r["property"]: {"universal": _round(r["universal_median_pct"]),
-                                                     "other": _round(r["other_median_pct"])}
-                                     for r in props.iter_rows(named=True)},
+        "within_layer_percentiles": {prop: {"universal": _round(pct.get((prop, "universal"))),
+                                            "other": _round(pct.get((prop, "other")))}
+                                     for prop in dict.fromkeys(props["property"].to_list())},
         "labels_of_universal_neurons": dict(sorted(labels.items(), key=lambda kv: -kv[1])),
         "over_training": [{"step": r["step"], "train_tokens": r["train_tokens"], "layer": r["layer"],
                            "n_partners": r["n_partners"], "percent": round(100 * r["universal_share"], 2)}

@@ -301,29 +301,18 @@ def test_the_planner_ingests_checkpoints_after_their_models_and_correlates_each_
     from atlas.app.manifest import load_manifest
     from atlas.app.planner import run_in_process
 
+    from tests.test_scheduling import _manifest
+
     monkeypatch.setenv("ATLAS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ATLAS_DATABASE_URL", db_url)
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i, text in enumerate(tiny_cohort.texts):
-        (corpus / f"doc{i:03d}.txt").write_text(text)
     step = TINY.checkpoint_steps()[0]
     tokens = step * TINY.batch_size * TINY.n_ctx
     seeds = list(zip(tiny_cohort.names[:2], tiny_cohort.paths[:2], tiny_cohort.labels[:2]))
     early = ",\n  ".join(
         f'{{ name = "{n}@step{step}", source = "{p}/steps/step-{step:07d}", seed = "{l}", step = {step}, '
         f'train_tokens = {tokens}, checkpoint_of = "{n}" }}' for n, p, l in seeds)
-    final = ",\n  ".join(f'{{ name = "{n}", source = "{p}", seed = "{l}", step = {TINY.n_steps()} }}'
-                         for n, p, l in seeds)
-    path = tmp_path / "atlas.toml"
-    path.write_text(f"""
-[datasets.tiny]
-tokenizer_from = "tiny-a"
-inputs = ["corpus/*.txt"]
-context_length = {tiny_cohort.context_length}
-max_tokens = {tiny_cohort.rows.numel()}
-
-[cohorts."tiny@step{step}"]
+    path = _manifest(tmp_path, tiny_cohort, ["tiny-a", "tiny-b"])  # the dataset and the final models' cohort
+    text = path.read_text().replace("[cohorts.tiny]\n", f"""[cohorts."tiny@step{step}"]
 dataset = "tiny"
 stats = false
 classify = false
@@ -333,13 +322,11 @@ models = [
 ]
 
 [cohorts.tiny]
-dataset = "tiny"
-classify = false
 examples = false
-models = [
-  {final},
-]
 """)
+    for label in "ab":  # the final models carry their last step
+        text = text.replace(f'seed = "{label}" }}', f'seed = "{label}", step = {TINY.n_steps()} }}')
+    path.write_text(text)
     said: list[str] = []
     run_in_process(engine, load_manifest(path), log=said.append)
     order = [line.removeprefix("→ ") for line in said if line.startswith("→ ")]
