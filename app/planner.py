@@ -113,13 +113,13 @@ def plan(engine: Engine, manifest: Manifest) -> list[Step]:
         for m in missing:
             if m.checkpoint_of is not None and not _parent_registered(manifest, done, m.checkpoint_of):
                 continue  # a checkpoint names its final model, which must be in the atlas first
-            training = {} if m.step is None else {
+            extra: dict[str, Any] = {} if m.step is None else {
                 "step": m.step, "train_tokens": m.train_tokens, "checkpoint_of": m.checkpoint_of}
             if not cohort.stats:
-                training["stats"] = False
+                extra["stats"] = False  # weight statistics only
             steps.append(Step("ingest_model", {
                 "source": m.source, "name": m.name, "cohort": cohort.name, "seed_label": m.seed,
-                "dataset": cohort.dataset, **training,
+                "dataset": cohort.dataset, **extra,
             }, key=f"ingest:{m.name}:{cohort.dataset}"))
         if missing or not models:
             continue

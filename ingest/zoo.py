@@ -24,7 +24,7 @@ the same config and corpus is a no-op; the same seed gives the same weights on t
 torch and thread count. Directories are written to a temporary name and renamed, so a killed
 training leaves no half checkpoint behind.
 
-(One module of ~430 lines: the recipe, the training loop and the cohort driver share the
+(Over 400 lines in one module: the recipe, the training loop and the cohort driver share the
 invariants that make a recipe reproducible; split, each would need the others' internals.)
 """
 

@@ -137,3 +137,15 @@ def test_first_training_steps_reproduce_the_shipped_recipe_bit_for_bit(recipe):
             assert again == entry["probe"], name
         else:  # other float kernels round differently: the same training, not the same bits
             assert again["square_sum"] == pytest.approx(entry["probe"]["square_sum"], rel=1e-5), name
+
+
+def test_the_demo_uses_the_shipped_cohort_and_says_so(tmp_path, monkeypatch):
+    """`atlas demo` (demo_cohort with the committed recipe) trains nothing: it writes the shipped
+    models, with the checkpoints of the first seeds, and tells the user where they come from."""
+    monkeypatch.setenv("ATLAS_HOME", str(tmp_path))
+    said: list[str] = []
+    cohort = shipped.demo_cohort(DEMO, corpus=None, log=said.append)
+    assert cohort.names == ["demo-a", "demo-b", "demo-c"] and cohort.config == DEMO
+    assert all(p.is_relative_to(tmp_path / "models" / "shipped") for p in cohort.paths)
+    assert [[c.step for c in checkpoint_dirs(p)] for p in cohort.paths] == [shipped.ship_steps(DEMO)] * 2 + [[]]
+    assert "using the shipped demo cohort" in said[0] and "`atlas demo --train`" in said[0]
