@@ -1,6 +1,7 @@
 """The demo as a manifest: the demo seed cohort and a held-out Shakespeare dataset.
 
-``demo_manifest()`` trains the demo cohort (cached under ``ATLAS_HOME/models``), fetches the corpus
+``demo_manifest()`` takes the shipped demo cohort (``atlas.ingest.shipped``; or trains one, cached
+under ``ATLAS_HOME/models``, with ``train``), fetches the corpus
 (cached under ``ATLAS_HOME/corpora``) and writes ``ATLAS_HOME/demo.toml``, an ordinary manifest:
 ``atlas demo`` runs it with the planner in this process, and ``atlas worker --manifest
 .atlas/demo.toml`` would do the same through the queue.
@@ -19,41 +20,65 @@ DEMO_DATASET = "demo"
 DEMO_CONTEXT = 128
 
 
-def demo_manifest(*, seeds: int | None = None, train_tokens: int | None = None,
+def demo_manifest(*, seeds: int | None = None, train_tokens: int | None = None, train: bool = False,
                   log: Callable[[str], Any] = print) -> Manifest:
-    """Train (or reuse) the demo cohort, write its manifest and return it loaded."""
-    from atlas.ingest.corpus import fetch_demo_corpus, read_documents
-    from atlas.ingest.zoo import DEMO, train_cohort
+    """The demo cohort (the shipped one; trained here, cached, when ``train`` or another recipe is
+    asked for), its manifest written and returned loaded. The seeds' training checkpoints become
+    one cohort per step (correlated; no activation statistics, classification or examples, which
+    the over-training page does not show): the over-training page."""
+    from atlas.ingest.corpus import fetch_demo_corpus
+    from atlas.ingest.shipped import demo_cohort
+    from atlas.ingest.zoo import DEMO, checkpoint_dirs
 
     config = DEMO
     if seeds is not None:
         config = replace(config, seeds=tuple(range(1, seeds + 1)))
     if train_tokens is not None:
-        config = replace(config, train_tokens=train_tokens)
+        config = replace(config, train_tokens=train_tokens, stop_step=None)
     corpus = fetch_demo_corpus()
     log(f"demo corpus: {len(corpus.train)} training texts, {len(corpus.held_out)} held-out texts in {corpus.root}")
-    trained = train_cohort(config, read_documents(corpus.train), log=log)
+    trained = demo_cohort(config, corpus, train=train, log=log)
     log(f"cohort {trained.name}: {', '.join(trained.names)} in {trained.paths[0].parent}")
 
-    models = ",\n  ".join(
-        f"{{ name = {json.dumps(name)}, source = {json.dumps(str(path))}, seed = {json.dumps(label)} }}"
-        for name, path, label in zip(trained.names, trained.paths, trained.labels))
+    finals, by_step = [], {}
+    for name, path, label in zip(trained.names, trained.paths, trained.labels):
+        meta = json.loads((path / "zoo.json").read_text())
+        finals.append(_model_line(name, path, label, meta["train_steps"], meta["train_tokens"]))
+        for ckpt in checkpoint_dirs(path):
+            by_step.setdefault(ckpt.step, []).append(_model_line(
+                f"{name}@step{ckpt.step}", ckpt.path, label, ckpt.step, ckpt.train_tokens, checkpoint_of=name))
     inputs = ", ".join(json.dumps(str(p)) for p in corpus.held_out)
-    text = f"""# The demo atlas (written by `atlas demo`): the demo seed cohort over held-out Shakespeare.
+    text = f"""# The demo atlas (written by `atlas demo`): the demo seed cohort over held-out Shakespeare,
+# and the seeds at each saved training step (universality over training).
 [datasets.{DEMO_DATASET}]
 tokenizer_from = {json.dumps(trained.names[0])}
 inputs = [{inputs}]
 context_length = {DEMO_CONTEXT}
-
-[cohorts.{trained.name}]
-dataset = "{DEMO_DATASET}"
-reference = {json.dumps(trained.names[0])}
-models = [
-  {models},
-]
-"""
+{_cohort_table(trained.name, trained.names[0], finals)}"""
+    for step, lines in sorted(by_step.items()):
+        if len(lines) > 1:  # a step cohort needs a reference and a partner
+            text += _cohort_table(f"{trained.name}@step{step}", f"{trained.names[0]}@step{step}", lines, final=False)
     path = get_settings().home / "demo.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
     return load_manifest(path)
+
+
+def _model_line(name: str, path, label: str, step: int, train_tokens: int, checkpoint_of: str | None = None) -> str:
+    parent = f", checkpoint_of = {json.dumps(checkpoint_of)}" if checkpoint_of else ""
+    return (f"{{ name = {json.dumps(name)}, source = {json.dumps(str(path))}, seed = {json.dumps(label)}, "
+            f"step = {int(step)}, train_tokens = {int(train_tokens)}{parent} }}")
+
+
+def _cohort_table(name: str, reference: str, lines: list[str], final: bool = True) -> str:
+    skip = "" if final else "stats = false\nclassify = false\nexamples = false\n"
+    models = ",\n  ".join(lines)
+    return f"""
+[cohorts.{json.dumps(name)}]
+dataset = "{DEMO_DATASET}"
+reference = {json.dumps(reference)}
+{skip}models = [
+  {models},
+]
+"""

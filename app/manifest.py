@@ -19,11 +19,25 @@ Example ``atlas.toml`` (paths and globs are relative to the manifest's directory
       { name = "demo-b", source = "models/demo/demo-b", seed = "b" },
     ]
 
+    [cohorts."demo@step977"]                  # the seeds at one training step (universality over training)
+    dataset = "austen"
+    stats = false                             # weights only: correlation needs no activation statistics
+    classify = false                          # families and roles only for the final models
+    examples = false                          # nor the stored examples' activations
+    models = [
+      { name = "demo-a@step977", source = "models/demo/demo-a/steps/step-0000977", seed = "a",
+        step = 977, train_tokens = 1000448, checkpoint_of = "demo-a" },
+      { name = "demo-b@step977", source = "models/demo/demo-b/steps/step-0000977", seed = "b",
+        step = 977, train_tokens = 1000448, checkpoint_of = "demo-b" },
+    ]
+
     [cohorts.exp1]                            # a training run's checkpoints, as they appear
     dataset = "austen"
     correlate = false
     models = [{ glob = "runs/exp1/step-*", name = "exp1-{dir}" }]
 
+A model with ``step`` is a training checkpoint (``train_tokens`` seen by then, ``checkpoint_of``
+the final model of its training, ingested first); a final model may carry its own last ``step``.
 A ``glob`` entry stands for every matching checkpoint directory (one with ``config.json`` and its
 weights), named by the template (``{dir}`` is the directory's name); it is expanded each time the
 planner looks, so a checkpoint written later is ingested by the next reconcile.
@@ -59,9 +73,14 @@ class ModelEntry(_Entry):
     source: Annotated[str, Field(min_length=1)] | None = None
     glob: Annotated[str, Field(min_length=1)] | None = None
     seed: str | None = None
+    step: Annotated[int, Field(strict=True, ge=0)] | None = None
+    train_tokens: Annotated[int, Field(strict=True, ge=0)] | None = None
+    checkpoint_of: Name | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelEntry:
+        if self.step is None and (self.train_tokens is not None or self.checkpoint_of is not None):
+            raise ValueError("train_tokens / checkpoint_of mark a training checkpoint: give its step = <n> too")
         if (self.source is None) == (self.glob is None):
             raise ValueError("give exactly one of source = \"<hub name or directory>\" or glob = \"<dir pattern>\"")
         if self.glob is None and ("{" in self.name or "}" in self.name):
@@ -91,6 +110,8 @@ class CohortEntry(_Entry):
     reference: Name | None = None
     correlate: bool = True
     classify: bool = True
+    examples: bool = True
+    stats: bool = True  # activation statistics of its models (false: weight statistics only)
 
 
 class _ManifestFile(_Entry):
@@ -107,6 +128,9 @@ class Model:
     name: str
     source: str
     seed: str | None
+    step: int | None = None
+    train_tokens: int | None = None
+    checkpoint_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,18 +152,22 @@ class Cohort:
     correlate: bool
     classify: bool
     base: Path
+    examples: bool = True
+    stats: bool = True
 
     def models(self) -> list[Model]:
         """The cohort's models now: fixed entries, and one per checkpoint directory a glob matches today."""
         found: list[Model] = []
         for entry in self.entries:
             if entry.source is not None:
-                found.append(Model(entry.name, _resolve_source(self.base, entry.source), entry.seed))
+                found.append(Model(entry.name, _resolve_source(self.base, entry.source), entry.seed, entry.step,
+                                   entry.train_tokens, entry.checkpoint_of))
                 continue
             for directory in sorted(globbing.glob(str(self.base / entry.glob))):
                 path = Path(directory)
                 if path.is_dir() and (path / "config.json").is_file() and any((path / w).is_file() for w in WEIGHT_FILES):
-                    found.append(Model(entry.name.replace("{dir}", path.name), str(path.resolve()), entry.seed))
+                    found.append(Model(entry.name.replace("{dir}", path.name), str(path.resolve()), entry.seed,
+                                       entry.step, entry.train_tokens, entry.checkpoint_of))
         return found
 
 
@@ -176,7 +204,8 @@ def load_manifest(path: str | Path) -> Manifest:
     manifest = Manifest(
         path=path,
         datasets={name: _dataset(path, name, entry) for name, entry in parsed.datasets.items()},
-        cohorts={name: Cohort(name, e.dataset, tuple(e.models), e.reference, e.correlate, e.classify, base)
+        cohorts={name: Cohort(name, e.dataset, tuple(e.models), e.reference, e.correlate, e.classify, base, e.examples,
+                              e.stats)
                  for name, e in parsed.cohorts.items()},
     )
     _check_references(manifest, parsed)

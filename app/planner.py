@@ -3,9 +3,14 @@
 For every dataset and cohort of a manifest, ``plan`` compares what should be there with the
 finished runs in the database and returns the steps whose prerequisites are met, in order:
 
-    build the dataset → ingest each model (weights + stats) → correlate the cohort once all its
-    models are in → then both: store the activations around every example (``examples``) and
-    classify the cohort
+    build the dataset → ingest each model (weights + stats; a training checkpoint after the final
+    model it is a checkpoint of) → correlate the cohort once all its models are in → then both:
+    store the activations around every example (``examples``) and classify the cohort
+
+Universality over training needs no step of its own: the seeds' checkpoints at one training step
+are a cohort of the manifest (``atlas.app.demo`` writes one per shipped step), correlated like any
+other; its models carry ``step`` and ``checkpoint_of``, and a cohort may skip activation statistics
+(``stats = false``: weights only), examples and classify.
 
 A cohort that gained a model is stale: its newest correlation, examples and classification cover
 another model set, so all are planned again (new runs; the old ones stay queryable). A worker runs the
@@ -53,8 +58,8 @@ class _Done:
     def _has(self, kind: str, **match: Any) -> bool:
         return any(r["kind"] == kind and all(r[k] == v for k, v in match.items()) for r in self.runs)
 
-    def ingested(self, model: str, dataset: str) -> bool:
-        return self._has("stats", model=model, dataset=dataset) and self._has("weights", model=model)
+    def ingested(self, model: str, dataset: str, stats: bool = True) -> bool:
+        return (not stats or self._has("stats", model=model, dataset=dataset)) and self._has("weights", model=model)
 
     def correlation(self, cohort: str, dataset: str, reference: str, models: list[str]) -> dict[str, Any] | None:
         """The newest finished correlation of exactly this model set with this reference, if any."""
@@ -78,6 +83,16 @@ def _digest(names: list[str]) -> str:
     return hashlib.sha256("\0".join(names).encode()).hexdigest()[:10]
 
 
+def _parent_registered(manifest: Manifest, done: _Done, parent: str) -> bool:
+    """Whether the final model ``parent`` of a checkpoint is in: ingested on its own cohort's dataset
+    when the manifest has it, else assumed registered already (ingest says so when it is not)."""
+    try:
+        cohort, _ = manifest.model(parent)
+    except AtlasError:
+        return True
+    return done.ingested(parent, cohort.dataset, cohort.stats)
+
+
 def plan(engine: Engine, manifest: Manifest) -> list[Step]:
     """The missing steps whose prerequisites are finished, in dependency order."""
     done = _Done.read(engine)
@@ -94,11 +109,17 @@ def plan(engine: Engine, manifest: Manifest) -> list[Step]:
         if cohort.dataset not in done.datasets:
             continue
         models = cohort.models()
-        missing = [m for m in models if not done.ingested(m.name, cohort.dataset)]
+        missing = [m for m in models if not done.ingested(m.name, cohort.dataset, cohort.stats)]
         for m in missing:
+            if m.checkpoint_of is not None and not _parent_registered(manifest, done, m.checkpoint_of):
+                continue  # a checkpoint names its final model, which must be in the atlas first
+            extra: dict[str, Any] = {} if m.step is None else {
+                "step": m.step, "train_tokens": m.train_tokens, "checkpoint_of": m.checkpoint_of}
+            if not cohort.stats:
+                extra["stats"] = False  # weight statistics only
             steps.append(Step("ingest_model", {
                 "source": m.source, "name": m.name, "cohort": cohort.name, "seed_label": m.seed,
-                "dataset": cohort.dataset,
+                "dataset": cohort.dataset, **extra,
             }, key=f"ingest:{m.name}:{cohort.dataset}"))
         if missing or not models:
             continue
@@ -113,7 +134,7 @@ def plan(engine: Engine, manifest: Manifest) -> list[Step]:
                 }, key=f"correlate:{cohort.name}:{cohort.dataset}:{_digest(names)}"))
                 continue
         examples = done.examples(cohort.name, cohort.dataset, names)
-        if examples is None or (correlate and examples["finished_at"] < correlation["finished_at"]):
+        if cohort.examples and (examples is None or (correlate and examples["finished_at"] < correlation["finished_at"])):
             steps.append(Step("examples_cohort", {"cohort": cohort.name, "dataset": cohort.dataset},
                               key=f"examples:{cohort.name}:{cohort.dataset}:{_digest(names)}"))
         classification = done.classification(cohort.name, cohort.dataset, names)

@@ -153,6 +153,15 @@ class Model(Base):
     weight_processing: Mapped[dict[str, Any]] = mapped_column(
         server_default=sa.text("'{}'::jsonb"), comment="how weights were processed before weight statistics (JSON)")
     created_at: Mapped[datetime] = _created()
+    # Training checkpoints (migration 0006): a checkpoint is a model of its own; seeds saved at one
+    # step form a cohort of their own, correlated like any other (universality over training).
+    step: Mapped[int | None] = mapped_column(
+        comment="the optimizer step this checkpoint was saved at (null: not known); the final model has its last step")
+    train_tokens: Mapped[int | None] = mapped_column(
+        sa.BigInteger, comment="training tokens the model had seen at that step (null: not known)")
+    checkpoint_of: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("model.id", ondelete="CASCADE"), index=True,
+        comment="the model whose training this is a checkpoint of (model.id; null: the model itself, or not known)")
 
 
 class Neuron(Base):

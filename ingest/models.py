@@ -92,8 +92,11 @@ def resolve_device(device: str | None) -> str:
 
 
 def load_model(source: str, device: str = "cpu", dtype: torch.dtype | None = None, *,
-               name: str | None = None, process_weights: bool = True) -> LoadedModel:
+               name: str | None = None, process_weights: bool = True, revision: str | None = None) -> LoadedModel:
     """Load ``source`` (hub name or local HF checkpoint dir) through ``TransformerBridge``.
+
+    ``revision``: a hub branch, tag or commit (e.g. Pythia's training checkpoints ``"step1000"``);
+    the default name of such a model is ``source@revision``. A local directory has no revisions.
 
     ``dtype`` defaults to float32 (also on CUDA: activations are computed under fp16 autocast by
     ``atlas.ingest.activations``, while weights and statistics stay fp32). Raises a one-line
@@ -102,6 +105,9 @@ def load_model(source: str, device: str = "cpu", dtype: torch.dtype | None = Non
     device = resolve_device(device)
     dtype = dtype or torch.float32
     local = is_local_source(source)
+    if local and revision is not None:
+        raise AtlasError(f"--revision {revision} was given for the local directory {source} — a local checkpoint "
+                         "has no revisions: point at the directory of that checkpoint instead")
     if local:
         path = Path(source).expanduser().resolve()
         if not path.is_dir():
@@ -113,7 +119,7 @@ def load_model(source: str, device: str = "cpu", dtype: torch.dtype | None = Non
     else:
         boot_name = source
 
-    bridge = _boot(boot_name, source, local, device, dtype)
+    bridge = _boot(boot_name, source, local, device, dtype, revision)
     applied: dict[str, Any] = {}
     if process_weights:
         try:
@@ -133,8 +139,9 @@ def load_model(source: str, device: str = "cpu", dtype: torch.dtype | None = Non
         model_name = name or Path(boot_name).name
     else:
         hf_config = getattr(getattr(bridge, "original_model", None), "config", None)
-        revision = getattr(hf_config, "_commit_hash", None) or _hub_revision(source)
-        model_name = name or source
+        commit = getattr(hf_config, "_commit_hash", None)
+        model_name = name or (f"{source}@{revision}" if revision else source)
+        revision = commit or _hub_revision(source, revision) or revision
     return LoadedModel(
         bridge=bridge,
         name=model_name,
@@ -157,7 +164,7 @@ def load_model(source: str, device: str = "cpu", dtype: torch.dtype | None = Non
     )
 
 
-def _boot(boot_name: str, source: str, local: bool, device: str, dtype: torch.dtype):
+def _boot(boot_name: str, source: str, local: bool, device: str, dtype: torch.dtype, revision: str | None = None):
     from transformer_lens.model_bridge import TransformerBridge
 
     # transformers logs a retry line per attempt when the hub is unreachable; our error says it once
@@ -166,7 +173,8 @@ def _boot(boot_name: str, source: str, local: bool, device: str, dtype: torch.dt
     for n in quiet:
         logging.getLogger(n).setLevel(logging.ERROR)
     try:
-        return TransformerBridge.boot_transformers(boot_name, device=device, dtype=dtype)
+        extra = {"revision": revision} if revision is not None else {}
+        return TransformerBridge.boot_transformers(boot_name, device=device, dtype=dtype, **extra)
     except AtlasError:
         raise
     except Exception as err:  # noqa: BLE001 - turn library errors into one actionable line
@@ -176,7 +184,8 @@ def _boot(boot_name: str, source: str, local: bool, device: str, dtype: torch.dt
                              "is it a complete save_pretrained directory of a supported architecture?") from err
         lowered = text.lower()
         if any(s in lowered for s in ("connect", "resolve", "offline", "network", "name or service", "timed out")):
-            what = "could not be downloaded (no connection to the Hugging Face hub)"
+            what = "could not be downloaded (no connection to the Hugging Face hub)" if revision is None else \
+                f"at revision {revision} could not be downloaded (no connection to the Hugging Face hub)"
             todo = "connect to the internet, set HF_HOME to a cache that holds it, or pass a local checkpoint directory"
         elif any(s in lowered for s in ("not found", "404", "repository not found", "does not appear", "is not a valid")):
             what = "was not found on the Hugging Face hub"
@@ -190,12 +199,12 @@ def _boot(boot_name: str, source: str, local: bool, device: str, dtype: torch.dt
             logging.getLogger(n).setLevel(level)
 
 
-def _hub_revision(repo_id: str) -> str | None:
+def _hub_revision(repo_id: str, revision: str | None = None) -> str | None:
     """The hub commit the loaded files came from: the name of their snapshot directory in the
     Hugging Face cache (transformers 5 configs no longer carry ``_commit_hash``)."""
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, "config.json")
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     return Path(cached).parent.name if isinstance(cached, str) else None
 
 

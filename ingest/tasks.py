@@ -66,12 +66,18 @@ def build_dataset(*, name: str, tokenizer_from: str, inputs: list[str], hf_datas
 
 
 @blueprint.task(name="ingest_model", queue=QUEUE, retry=RETRY)
-def ingest_model(*, source: str, name: str, cohort: str, seed_label: str | None, dataset: str) -> None:
-    """Register the model ``name`` (from ``source``) in ``cohort``; its weights and stats runs on ``dataset``."""
-    from atlas.ingest.runs.stats import StatsOptions
+def ingest_model(*, source: str, name: str, cohort: str, seed_label: str | None, dataset: str,
+                 step: int | None = None, train_tokens: int | None = None, checkpoint_of: str | None = None,
+                 stats: bool = True) -> None:
+    """Register the model ``name`` (from ``source``) in ``cohort``; its weights and (unless not
+    ``stats``) stats runs on ``dataset``. With ``step``: a training checkpoint (of the registered
+    model ``checkpoint_of``, when given)."""
+    from atlas.ingest.runs.stats import StatsOptions, TrainingStep
     from atlas.ingest.runs.stats import ingest_model as ingest
 
+    checkpoint = None if step is None else TrainingStep(step, train_tokens, checkpoint_of)
     for outcome in ingest(_engine(), source, dataset=dataset, name=name, cohort=cohort, seed_label=seed_label,
+                          checkpoint=checkpoint, stats=stats,
                           options=StatsOptions(device=_device(), progress=False, checkpoint_every=_checkpoint_every(),
                                                batch_delay=_drill_delay())):
         print(outcome.describe(), flush=True)

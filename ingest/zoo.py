@@ -13,14 +13,24 @@ seed (only the initialisation differs), which isolates the effect of initialisat
 Training rows follow the dataset format of ``atlas.ingest.datasets``: BOS + ``n_ctx - 1`` tokens of the
 document stream, documents separated by the EOS token (GPT-2 style, BOS = EOS = ``<|endoftext|>``).
 
+Checkpoints during training. ``ZooConfig.checkpoints`` lists training fractions at which each
+seed is also saved, under ``<model dir>/steps/step-<n>/`` (``checkpoint_dirs``): the atlas measures
+universality over training on them (``atlas.ingest.runs.training``).
+
 Caching and determinism. A checkpoint directory carries ``zoo.json`` (the config, seed, a hash of
-the training tokens and of the weights). Training again with the same config and corpus is a no-op;
-the same seed gives the same weights on the same machine and thread count. Directories are written
-to a temporary name and renamed, so a killed training leaves no half checkpoint behind.
+the training tokens, the saved checkpoints, and ``probe``: a digest of the parameters after the
+first ``PROBE_STEPS`` optimizer steps, which ``reproduce_probe`` recomputes). Training again with
+the same config and corpus is a no-op; the same seed gives the same weights on the same machine,
+torch and thread count. Directories are written to a temporary name and renamed, so a killed
+training leaves no half checkpoint behind.
+
+(Over 400 lines in one module: the recipe, the training loop and the cohort driver share the
+invariants that make a recipe reproducible; split, each would need the others' internals.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -59,6 +69,11 @@ class ZooConfig:
     data_order: str = "seed"  # "seed": the seed also shuffles the rows; "shared": one order for all seeds
     data_seed: int = 0  # the row order when data_order == "shared"
     threads: int | None = None  # torch CPU threads while training (1 is fastest for tiny models)
+    min_lr_frac: float = 0.1  # the cosine schedule decays to this fraction of lr
+    checkpoints: tuple[float, ...] = ()  # training fractions (0 < f < 1) saved besides the final model
+    # Stop after this many optimizer steps (None: at the end). Warm-up, schedule and row order stay
+    # those of ``train_tokens``: the model is the one a full run has at that step.
+    stop_step: int | None = None
 
     def fingerprint(self) -> str:
         """The recipe of one model, all but the seed list: adding seeds keeps the trained ones cached."""
@@ -72,8 +87,29 @@ class ZooConfig:
     def model_name(self, seed: int) -> str:
         return f"{self.name}-{self.label(seed)}"
 
+    def n_steps(self) -> int:
+        """Optimizer steps of one seed's training."""
+        return max(1, self.train_tokens // (self.batch_size * self.n_ctx))
 
-DEMO = ZooConfig()
+    def steps_trained(self) -> int:
+        """Optimizer steps one seed actually takes: ``n_steps()``, or ``stop_step`` when earlier."""
+        return self.n_steps() if self.stop_step is None else max(1, min(self.stop_step, self.n_steps()))
+
+    def checkpoint_steps(self) -> list[int]:
+        """The steps (1..steps_trained-1) at which intermediate checkpoints are saved, ascending
+        (fractions are of the scheduled ``n_steps()``)."""
+        n, last = self.n_steps(), self.steps_trained()
+        return sorted({s for f in self.checkpoints if 0 < (s := int(round(f * n))) < last})
+
+
+# The demo recipe: the one that trained the shipped demo cohort (atlas.ingest.shipped). Measured on
+# the recipe frontier (bench/results/demo_recipes.md, "wd0.1-const-6M"): weight decay 0.1 at a
+# constant learning rate after warm-up, scheduled for 6M tokens per seed and stopped at the
+# 4.5M-token step (constant lr: every step is a clean "trained this long" model); three seeds;
+# one thread (the CPU kernels, hence the bits, depend on the thread count).
+DEMO = ZooConfig(seeds=(1, 2, 3), train_tokens=6_000_000, weight_decay=0.1, min_lr_frac=1.0, threads=1,
+                 checkpoints=(0.0833, 0.1667, 0.3333, 0.5, 0.75), stop_step=4394)
+DEMO_TEXTS = "shakespeare"  # the demo cohort's training texts (atlas.ingest.corpus.training_files)
 
 
 @dataclass
@@ -142,36 +178,50 @@ def _gpt2_config(config: ZooConfig, vocab_size: int, bos_id: int):
 
 def train_model(config: ZooConfig, seed: int, rows: torch.Tensor, tokenizer, out_dir: Path,
                 progress: bool = True, corpus_hash: str | None = None) -> Path:
-    """Train one seed on ``rows: LongTensor[n_rows, n_ctx]`` and save the checkpoint to ``out_dir``."""
-    t0 = time.perf_counter()
+    """Train one seed on ``rows: LongTensor[n_rows, n_ctx]`` and save the checkpoint to ``out_dir``
+    (intermediate checkpoints, when the recipe asks for them, under ``out_dir/steps/``)."""
+    from tqdm.auto import tqdm
+
+    with _threads(config.threads):
+        training = SeedTraining(config, seed, rows, tokenizer, out_dir, corpus_hash)
+        with tqdm(total=training.n_steps * training.tokens_per_step, unit="tok", unit_scale=True,
+                  disable=not progress, desc=f"train {config.model_name(seed)}", leave=False,
+                  dynamic_ncols=True) as bar:
+            while not training.done:
+                training.step()
+                bar.update(training.tokens_per_step)
+                if training.steps_done % 10 == 0 or training.done:
+                    bar.set_postfix(loss=f"{training.loss_ema:.3f}")
+        return training.finish()
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _row_order(config: ZooConfig, seed: int, rows: torch.Tensor) -> torch.Tensor:
+    """The training rows' order: seeded permutations, one per epoch, concatenated."""
     if rows.shape[1] != config.n_ctx:
         raise AtlasError(f"training rows have length {rows.shape[1]}, the config says n_ctx {config.n_ctx}")
-    tokens_per_step = config.batch_size * config.n_ctx
-    n_steps = max(1, config.train_tokens // tokens_per_step)
-    order_seed = seed if config.data_order == "seed" else config.data_seed
-    gen = torch.Generator().manual_seed(order_seed)
     n_rows = rows.shape[0]
     if n_rows == 0:
         raise AtlasError("the training corpus gives no full row of tokens — give more text or a shorter context")
-    epochs = math.ceil(n_steps * config.batch_size / n_rows)
-    order = torch.cat([torch.randperm(n_rows, generator=gen) for _ in range(epochs)])
-
-    threads_before = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        return _train(config, seed, rows, tokenizer, out_dir, progress, corpus_hash, order, n_steps, t0)
-    finally:
-        torch.set_num_threads(threads_before)
+    gen = torch.Generator().manual_seed(seed if config.data_order == "seed" else config.data_seed)
+    epochs = math.ceil(config.n_steps() * config.batch_size / n_rows)
+    return torch.cat([torch.randperm(n_rows, generator=gen) for _ in range(epochs)])
 
 
-def _train(config: ZooConfig, seed: int, rows: torch.Tensor, tokenizer, out_dir: Path, progress: bool,
-           corpus_hash: str | None, order: torch.Tensor, n_steps: int, t0: float) -> Path:
-    from tqdm.auto import tqdm
+def _new_training(config: ZooConfig, seed: int, tokenizer):
+    """A freshly initialised model (from ``seed``), its AdamW optimizer and learning-rate schedule."""
     from transformers import GPT2LMHeadModel
 
-    tokens_per_step = config.batch_size * config.n_ctx
-    order_seed = seed if config.data_order == "seed" else config.data_seed
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(_gpt2_config(config, len(tokenizer), tokenizer.bos_token_id))
     model.train()
@@ -179,44 +229,156 @@ def _train(config: ZooConfig, seed: int, rows: torch.Tensor, tokenizer, out_dir:
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+    n_steps = config.n_steps()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(config, n_steps, step))
+    return model, opt, sched
+
+
+def _train_step(model, opt, sched, batch: torch.Tensor) -> float:
+    loss = model(input_ids=batch, labels=batch).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
+class SeedTraining:
+    """One seed's training, one optimizer step at a time (``train_model`` runs it to the end; a
+    benchmark can interleave several seeds). Training uses no randomness after initialisation, so
+    the weights do not depend on what else runs in the process.
+
+    ``step()`` saves the intermediate checkpoints the recipe asks for (into ``<out_dir>.partial/steps/``,
+    returning its path when it saved one) and records the probe digest after ``PROBE_STEPS`` steps;
+    ``finish()`` saves the final model with its ``zoo.json`` and moves the directory to ``out_dir``."""
+
+    def __init__(self, config: ZooConfig, seed: int, rows: torch.Tensor, tokenizer, out_dir: Path,
+                 corpus_hash: str | None = None) -> None:
+        self.t0 = time.perf_counter()
+        self.config, self.seed, self.rows, self.tokenizer, self.out_dir = config, seed, rows, tokenizer, out_dir
+        self.corpus_hash = corpus_hash
+        self.order = _row_order(config, seed, rows)
+        self.n_steps, self.tokens_per_step = config.steps_trained(), config.batch_size * config.n_ctx
+        self.model, self.opt, self.sched = _new_training(config, seed, tokenizer)
+        self.partial = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(self.partial, ignore_errors=True)
+        self.partial.mkdir(parents=True)
+        self.save_at = set(config.checkpoint_steps())
+        self.steps_done = 0
+        self.loss_ema: float | None = None
+        self.probe: dict | None = None
+        self.saved: list[dict] = []
+
+    @property
+    def done(self) -> bool:
+        return self.steps_done >= self.n_steps
+
+    def step(self) -> Path | None:
+        b = self.config.batch_size
+        batch = self.rows[self.order[self.steps_done * b:(self.steps_done + 1) * b]]
+        loss = _train_step(self.model, self.opt, self.sched, batch)
+        self.loss_ema = loss if self.loss_ema is None else 0.95 * self.loss_ema + 0.05 * loss
+        self.steps_done += 1
+        if self.steps_done == min(PROBE_STEPS, self.n_steps):
+            self.probe = {"steps": self.steps_done, **parameter_digest(self.model)}
+        if self.steps_done in self.save_at:
+            meta = {"step": self.steps_done, "train_tokens": self.steps_done * self.tokens_per_step,
+                    "loss_ema": self.loss_ema}
+            path = self.partial / STEPS_DIR / step_dir_name(self.steps_done)
+            _save_checkpoint(self.model, self.tokenizer, path, meta)
+            self.model.train()
+            self.saved.append(meta)
+            return path
+        return None
+
+    def finish(self) -> Path:
+        config = self.config
+        meta = {"config": asdict(config), "config_fingerprint": config.fingerprint(), "seed": self.seed,
+                "seed_label": config.label(self.seed), "train_steps": self.n_steps,
+                "train_tokens": self.n_steps * self.tokens_per_step, "final_loss_ema": self.loss_ema,
+                "data_order_seed": self.seed if config.data_order == "seed" else config.data_seed,
+                "corpus_hash": self.corpus_hash, "probe": self.probe, "checkpoints": self.saved,
+                "train_seconds": round(time.perf_counter() - self.t0, 2)}
+        _save_checkpoint(self.model, self.tokenizer, self.partial, meta)
+        shutil.rmtree(self.out_dir, ignore_errors=True)
+        self.partial.rename(self.out_dir)
+        return self.out_dir
+
+
+def reproduce_probe(config: ZooConfig, seed: int, documents: Sequence[str], tokenizer_dir: Path,
+                    steps: int | None = None) -> dict:
+    """Train ``seed`` of ``config`` for its first ``steps`` (default ``PROBE_STEPS``) optimizer steps,
+    exactly as ``train_model`` starts, and return the parameter digest (``{"steps", "sha256",
+    "square_sum"}``): equal to the ``probe`` in the trained model's zoo.json when the recipe, the
+    corpus and the tokenizer are the same (and the CPU kernels: same torch, same thread count)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    rows = stream_to_rows(encode_documents(tokenizer, documents), config.n_ctx, tokenizer.bos_token_id)
+    k = min(steps or PROBE_STEPS, config.n_steps())
+    with _threads(config.threads):
+        order = _row_order(config, seed, rows)
+        model, opt, sched = _new_training(config, seed, tokenizer)
+        for step in range(k):
+            _train_step(model, opt, sched, rows[order[step * config.batch_size:(step + 1) * config.batch_size]])
+        return {"steps": k, **parameter_digest(model)}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """An intermediate checkpoint of a zoo model: after ``step`` optimizer steps, ``train_tokens`` seen."""
+
+    step: int
+    train_tokens: int
+    path: Path
+
+
+def checkpoint_dirs(model_dir: Path) -> list[Checkpoint]:
+    """The intermediate checkpoints saved with the zoo model in ``model_dir``, by step."""
+    meta = json.loads((Path(model_dir) / "zoo.json").read_text())
+    return [Checkpoint(step=int(c["step"]), train_tokens=int(c["train_tokens"]),
+                       path=Path(model_dir) / STEPS_DIR / step_dir_name(int(c["step"])))
+            for c in sorted(meta.get("checkpoints") or [], key=lambda c: c["step"])]
+
+
+PROBE_STEPS = 4  # the parameter digest after this many optimizer steps is recorded in zoo.json
+STEPS_DIR = "steps"  # intermediate checkpoints: <model dir>/steps/step-<n>/
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def lr_factor(config: ZooConfig, n_steps: int, step: int) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``min_lr_frac · lr`` at the last step."""
     warmup = max(1, int(config.warmup_frac * n_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    floor = config.min_lr_frac
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, n_steps - warmup)))
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, n_steps - warmup)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    bar = tqdm(total=n_steps * tokens_per_step, unit="tok", unit_scale=True, disable=not progress,
-               desc=f"train {config.model_name(seed)}", leave=False, dynamic_ncols=True)
-    loss_ema = None
-    for step in range(n_steps):
-        batch = rows[order[step * config.batch_size:(step + 1) * config.batch_size]]
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-        bar.update(tokens_per_step)
-        if step % 10 == 0 or step == n_steps - 1:
-            bar.set_postfix(loss=f"{loss_ema:.3f}")
-    bar.close()
+def parameter_digest(model: torch.nn.Module) -> dict:
+    """``sha256`` of every parameter's float32 bytes (in name order) and their float64 sum of squares.
 
+    Equal digests mean bit-identical parameters; the sum of squares tells how far apart two runs are
+    when the bits differ (another CPU kernel, another torch)."""
+    digest = hashlib.sha256()
+    square_sum = 0.0
+    for name, param in sorted(model.named_parameters()):
+        data = param.detach().to(torch.float32).contiguous().cpu()
+        digest.update(name.encode())
+        digest.update(data.numpy().tobytes())
+        square_sum += float(data.to(torch.float64).square().sum())
+    return {"sha256": digest.hexdigest(), "square_sum": square_sum}
+
+
+def _save_checkpoint(model, tokenizer, directory: Path, meta: dict) -> None:
     model.eval()
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    meta = {"config": asdict(config), "config_fingerprint": config.fingerprint(), "seed": seed,
-            "seed_label": config.label(seed), "train_steps": n_steps, "train_tokens": n_steps * tokens_per_step,
-            "final_loss_ema": loss_ema, "data_order_seed": order_seed, "corpus_hash": corpus_hash,
-            "train_seconds": round(time.perf_counter() - t0, 2)}
-    (partial / "zoo.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)
-    return out_dir
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "zoo.json").write_text(json.dumps(meta, indent=2))
 
 
 def _cached(out_dir: Path, config: ZooConfig, seed: int, corpus_hash: str) -> bool:
@@ -235,25 +397,12 @@ def corpus_hash(documents: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def train_cohort(config: ZooConfig, documents: Sequence[str], root: Path | None = None, *,
-                 force: bool = False, progress: bool = True, log=print) -> TrainedCohort:
-    """Train (or reuse, when cached) the tokenizer and every seed of ``config`` on ``documents``.
-
-    Checkpoints go to ``root/<config.name>/`` (default ``ATLAS_HOME/models``).
-    """
+def cohort_tokenizer(config: ZooConfig, documents: Sequence[str], root: Path, c_hash: str, *, force: bool = False):
+    """The cohort's tokenizer, trained once on ``documents`` and kept in ``root/<name>-tokenizer``
+    (its directory name is the tokenizer's name in the atlas). Returns ``(tokenizer, directory)``."""
     from transformers import PreTrainedTokenizerFast
 
-    from atlas.settings import get_settings
-
-    if len(set(config.seeds)) != len(config.seeds) or not config.seeds:
-        raise AtlasError(f"seeds must be distinct and at least one, got {config.seeds}")
-    if config.d_model % config.n_heads:
-        raise AtlasError(f"d_model {config.d_model} is not divisible by n_heads {config.n_heads}")
-    root = (root or get_settings().models_dir) / config.name
-    root.mkdir(parents=True, exist_ok=True)
-    c_hash = corpus_hash(documents)
-
-    tok_dir = root / f"{config.name}-tokenizer"  # its directory name is the tokenizer's name in the atlas
+    tok_dir = root / f"{config.name}-tokenizer"
     tok_meta = {"vocab_size": config.vocab_size, "corpus_hash": c_hash}
     if force or not (tok_dir / "atlas-tokenizer.json").is_file() or \
             json.loads((tok_dir / "atlas-tokenizer.json").read_text()) != tok_meta:
@@ -264,7 +413,26 @@ def train_cohort(config: ZooConfig, documents: Sequence[str], root: Path | None 
         (partial / "atlas-tokenizer.json").write_text(json.dumps(tok_meta))
         shutil.rmtree(tok_dir, ignore_errors=True)
         partial.rename(tok_dir)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    return PreTrainedTokenizerFast.from_pretrained(tok_dir), tok_dir
+
+
+def train_cohort(config: ZooConfig, documents: Sequence[str], root: Path | None = None, *,
+                 force: bool = False, progress: bool = True, log=print) -> TrainedCohort:
+    """Train (or reuse, when cached) the tokenizer and every seed of ``config`` on ``documents``.
+
+    Checkpoints go to ``root/<config.name>/`` (default ``ATLAS_HOME/models``).
+    """
+    from atlas.settings import get_settings
+
+    if len(set(config.seeds)) != len(config.seeds) or not config.seeds:
+        raise AtlasError(f"seeds must be distinct and at least one, got {config.seeds}")
+    if config.d_model % config.n_heads:
+        raise AtlasError(f"d_model {config.d_model} is not divisible by n_heads {config.n_heads}")
+    root = (root or get_settings().models_dir) / config.name
+    root.mkdir(parents=True, exist_ok=True)
+    c_hash = corpus_hash(documents)
+
+    tokenizer, tok_dir = cohort_tokenizer(config, documents, root, c_hash, force=force)
 
     rows = None
     paths, seconds = [], {}

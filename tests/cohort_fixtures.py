@@ -37,7 +37,7 @@ import torch
 from atlas.ingest.zoo import ZooConfig
 
 TINY = ZooConfig(name="tiny", seeds=(1, 2, 3), n_layers=2, d_model=32, d_mlp=64, n_heads=4, n_ctx=32,
-                 vocab_size=384, train_tokens=96_000, batch_size=16, lr=5e-3, threads=1)
+                 vocab_size=384, train_tokens=96_000, batch_size=16, lr=5e-3, threads=1, checkpoints=(0.25, 0.5))
 TRAIN_DOCS, TRAIN_SEED = 600, 0
 HELD_OUT_DOCS, HELD_OUT_SEED = 40, 1
 CONTEXT_LENGTH = 32

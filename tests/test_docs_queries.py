@@ -175,7 +175,15 @@ def _python_checks(atlas, engine, ns: dict[str, Any]) -> dict[str, Callable[[Any
         assert set(v["other_model"]) == {"synth-b", "synth-c"} and v.height == 6
         assert all(row["tokens"][row["center"]] == " the" for row in v.iter_rows(named=True))
 
+    def no_checkpoints(v):  # the synthetic atlas has no model with a training step
+        assert v.is_empty() and {"step", "train_tokens"} <= set(v.columns)
+
+    def no_checkpoint_models(v):
+        assert v == []
+
     return {
+        "q.universality_over_training(": no_checkpoints, "q.neuron_over_training(": no_checkpoints,
+        "q.checkpoint_models(": no_checkpoint_models,
         "q.models(engine)": models, "q.cohorts(engine)": cohorts, 'q.runs(engine, status="running")': running,
         "q.datasets(engine)": datasets,
         'q.runs(engine, kind="correlation")': correlation_runs,

@@ -43,6 +43,8 @@ def rerun(engine):
     old = dict(atlas.run_ids)
     a = atlas.model_ids["synth-a"]
     c = atlas.model_ids["synth-c"]
+    with engine.begin() as conn:  # the seeds' training step is known: universality_over_training has rows too
+        conn.execute(sa.text("UPDATE model SET step = 1000, train_tokens = 1024000"))
     with engine.begin() as conn:  # a fourth seed joins the cohort
         d = conn.execute(sa.text("""
             INSERT INTO model (name, source, architecture, cohort_id, seed_label, n_layers, d_model, d_mlp, n_heads,

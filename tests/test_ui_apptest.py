@@ -13,7 +13,8 @@ from atlas import readonly
 from tests.atlas_fixtures import build_synthetic_atlas
 
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
-PAGES = ["views/overview.py", "views/universal.py", "views/neuron.py", "views/families.py", "views/search.py",
+PAGES = ["views/overview.py", "views/universal.py", "views/training.py", "views/neuron.py", "views/families.py",
+         "views/search.py",
          "views/runs.py", "views/sql.py"]
 
 
@@ -87,6 +88,45 @@ def test_universal_list_and_filters(atlas):
     at.slider(key="app.threshold").set_value(0.95).run()
     assert at.query_params["threshold"] == "0.95"
     assert not at.dataframe and "No neuron of **synth-a** has excess correlation above 0.95" in _text(at)
+
+
+def test_training_page_without_checkpoints_says_how_to_get_them(atlas):
+    at = _open("views/training.py")
+    _ok(at)
+    assert "No training checkpoints correlated yet" in _text(at) and "--over-training" in _text(at)
+
+
+@pytest.mark.slow
+def test_training_page_charts_the_checkpoints(ui_env, tiny_cohort, tmp_path, monkeypatch):
+    from atlas import queries
+    from atlas.ingest.runs.correlate import CorrelateOptions
+    from atlas.ingest.runs.stats import StatsOptions
+    from atlas.ingest.runs.training import correlate_over_training, register_zoo_cohort
+
+    monkeypatch.setenv("ATLAS_HOME", str(tmp_path))
+    tiny_cohort.store_dataset(ui_env)
+    register_zoo_cohort(ui_env, tiny_cohort.paths, cohort="tiny", labels=tiny_cohort.labels,
+                        options=StatsOptions(device="cpu", progress=False))
+    correlate_over_training(ui_env, "tiny", "tiny", CorrelateOptions(device="cpu", progress=False,
+                                                                     log=lambda _m: None, batch_size=16))
+    at = _open("views/training.py")
+    _ok(at)
+    assert {"Universal share of tiny-a's neurons (excess > 0.5)", "One neuron through training"} <= {
+        s.value for s in at.subheader}
+    assert len(at.get("vega_lite_chart")) == 2
+    at.slider(key="app.threshold").set_value(0.1).run()
+    _ok(at)
+    assert "excess > 0.1" in " ".join(s.value for s in at.subheader)
+    layer, idx = int(at.number_input(key="neuron_layer").value), int(at.number_input(key="neuron_idx").value)
+    want = queries.neuron_over_training(ui_env, "tiny-a", layer, idx)
+    assert want.height == 3  # two checkpoints and the final model
+    at.number_input(key="neuron_idx").set_value((idx + 1) % 64).run()
+    _ok(at)
+    # the overview summarises the final models; the checkpoints are one link away
+    at = _open("views/overview.py")
+    _ok(at)
+    assert at.metric[0].value == "3" and list(at.dataframe[0].value["cohort"]) == ["tiny"]
+    assert "6 training checkpoints: universality over training →" in [link.label for link in at.get("page_link")]
 
 
 def test_neuron_page_opens_the_neuron_named_in_the_url(atlas):

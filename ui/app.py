@@ -24,6 +24,7 @@ st.set_page_config(page_title="Neuron Atlas", page_icon="🧠", layout="wide")
 PAGES = [
     st.Page(HERE / "views" / "overview.py", title="Overview", icon=":material/home:", url_path="overview", default=True),
     st.Page(HERE / "views" / "universal.py", title="Universal neurons", icon=":material/hub:", url_path="universal"),
+    st.Page(HERE / "views" / "training.py", title="Over training", icon=":material/timeline:", url_path="training"),
     st.Page(HERE / "views" / "neuron.py", title="Neuron", icon=":material/psychology:", url_path="neuron"),
     st.Page(HERE / "views" / "families.py", title="Families", icon=":material/groups:", url_path="families"),
     st.Page(HERE / "views" / "search.py", title="Search by token", icon=":material/search:", url_path="search"),

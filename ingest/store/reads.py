@@ -278,3 +278,27 @@ def run_subject(engine: Engine, run_id: int) -> tuple[str | None, str | None]:
     if row is None:
         raise AtlasError(f"no run {run_id} — list the runs with `atlas status`")
     return row.cohort, row.dataset
+
+
+# ---------------------------------------------------------------- training checkpoints
+
+def step_cohorts(engine: Engine, cohort: str) -> list[tuple[int, str]]:
+    """``(step, cohort name)`` of the cohorts that hold checkpoints of ``cohort``'s models, by step."""
+    with engine.connect() as conn:
+        found = conn.execute(sa.text("SELECT id FROM cohort WHERE name = :n"), {"n": cohort}).scalar()
+        if found is None:
+            raise AtlasError(f"no cohort named {cohort} — register its models first")
+        rows = conn.execute(sa.text(
+            "SELECT DISTINCT m.step, c.name FROM model m JOIN model f ON f.id = m.checkpoint_of "
+            "JOIN cohort c ON c.id = m.cohort_id WHERE f.cohort_id = :c AND m.step IS NOT NULL "
+            "ORDER BY m.step, c.name"), {"c": found}).all()
+    return [(int(r.step), str(r.name)) for r in rows]
+
+
+def checkpoint_at(engine: Engine, model: str, step: int) -> str | None:
+    """The name of ``model``'s training checkpoint at ``step`` (None: there is none)."""
+    with engine.connect() as conn:
+        found = conn.execute(sa.text(
+            "SELECT m.name FROM model m JOIN model f ON f.id = m.checkpoint_of WHERE f.name = :n AND m.step = :s"),
+            {"n": model, "s": step}).scalar()
+    return None if found is None else str(found)

@@ -91,13 +91,18 @@ def register_tokenizer(engine_or_conn: Engine | Connection, tokenizer: Any, *, n
 
 # ---------------------------------------------------------------- models
 
-def register_model(engine: Engine, loaded: Any, cohort: str | None = None, seed_label: str | None = None) -> int:
+def register_model(engine: Engine, loaded: Any, cohort: str | None = None, seed_label: str | None = None, *,
+                   step: int | None = None, train_tokens: int | None = None, checkpoint_of: int | None = None) -> int:
     """Get or create the ``model`` row of ``loaded`` (an ``atlas.ingest.models.LoadedModel``) and its neurons.
 
     Also registers its tokenizer and, when ``cohort`` is given, the cohort (created with this
     model's tokenizer; a model whose tokenizer differs from the cohort's is refused). Idempotent:
     the same name and revision returns the existing id (updating cohort / seed label when given).
+    ``step``/``train_tokens``/``checkpoint_of`` (a model id) mark a training checkpoint (see
+    ``atlas.ingest.runs.training``); they are set or updated when given.
     """
+    checkpoint = {k: v for k, v in (("step", step), ("train_tokens", train_tokens), ("checkpoint_of", checkpoint_of))
+                  if v is not None}
     with engine.begin() as conn:
         tok_id = register_tokenizer(conn, loaded.tokenizer, content_hash=loaded.tokenizer_hash)
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _REGISTER_LOCK})
@@ -113,6 +118,7 @@ def register_model(engine: Engine, loaded: Any, cohort: str | None = None, seed_
                 updates["cohort_id"] = cohort_id
             if seed_label is not None and row.seed_label != seed_label:
                 updates["seed_label"] = seed_label
+            updates.update(checkpoint)
             if updates:
                 sets = ", ".join(f"{k} = :{k}" for k in updates)
                 conn.execute(sa.text(f"UPDATE model SET {sets} WHERE id = :id"), {**updates, "id": row.id})
@@ -131,6 +137,9 @@ def register_model(engine: Engine, loaded: Any, cohort: str | None = None, seed_
         idx = np.tile(np.arange(loaded.d_mlp, dtype=np.int32), loaded.n_layers)
         neurons = pl.DataFrame({"model_id": np.full(len(idx), model_id, dtype=np.int64), "layer": layers, "idx": idx})
         copy_frame(conn.connection.driver_connection, "neuron", neurons)
+        if checkpoint:
+            sets = ", ".join(f"{k} = :{k}" for k in checkpoint)
+            conn.execute(sa.text(f"UPDATE model SET {sets} WHERE id = :id"), {**checkpoint, "id": model_id})
         return int(model_id)
 
 

@@ -16,11 +16,16 @@ eng = common.engine()
 common.require_data(eng)
 
 threshold = state.threshold()  # the sidebar's, shared by every page and every count here
-models = queries.models(eng)
+# training checkpoints (models with a step, correlated per step) have their own page: summarise final models
+checkpoints = queries.checkpoint_models(eng)
+final = ~pl.col("model").is_in(checkpoints)
+models = queries.models(eng).filter(final)
 cohorts = queries.cohorts(eng, threshold=threshold)
+if checkpoints:
+    cohorts = cohorts.filter([not (ms and set(ms) <= set(checkpoints)) for ms in cohorts["models"].to_list()])
 runs = queries.runs(eng, limit=500)
-layers = common.summary(eng, "layer_universality", threshold=threshold)
-why = common.summary(eng, "universality_summary", threshold=threshold)
+layers = common.summary(eng, "layer_universality", threshold=threshold).filter(final)
+why = common.summary(eng, "universality_summary", threshold=threshold).filter(final)
 references = sorted(set(layers["model"].to_list())) if layers.height else []
 address = state.Address("overview", state.choice("reference", references or [""], expected="a reference model"),
                         state.choice("view", ["by layer", "pooled"]))
@@ -59,6 +64,9 @@ for row in why.iter_rows(named=True):
     explain(row)
 if layers.height:
     common.page_link("views/universal.py", f"The {n_univ:,} universal neurons →", icon=":material/hub:")
+if checkpoints:
+    common.page_link("views/training.py", f"{len(checkpoints)} training checkpoints: universality over training →",
+                     icon=":material/timeline:")
 
 left, right = st.columns(2)
 with left:
@@ -72,11 +80,15 @@ with left:
         common.nothing_yet("No correlation run yet: run `atlas correlate` on a cohort.")
 with right:
     st.subheader("Excess correlation")
-    dist = common.summary(eng, "correlation_distribution", bins=40)
+    dist = common.summary(eng, "correlation_distribution", bins=40).filter(final)
     if dist.height:
         common.figure(charts.excess_chart(dist, threshold), dist.filter(pl.col("measure") == "excess"),
                       name="excess_correlation", key="excess", query="correlation_distribution(engine, bins=40)")
-        st.caption(f"Reference neurons by excess correlation; red: above the threshold ({threshold:g}).")
+        st.caption(f"Reference neurons by excess correlation; red: above the threshold ({threshold:g}). Excess = "
+                   "mean best-partner correlation − mean baseline; the baseline is the best correlation with a "
+                   "randomly rotated copy of each partner layer (the same activations, no privileged neuron basis): "
+                   "a neuron is universal only when the other seeds have a *neuron* that matches it far better than a "
+                   "random direction does.")
     else:
         common.nothing_yet("No correlations yet.")
 
