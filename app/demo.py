@@ -21,11 +21,12 @@ DEMO_CONTEXT = 128
 
 
 def demo_manifest(*, seeds: int | None = None, train_tokens: int | None = None, train: bool = False,
-                  log: Callable[[str], Any] = print) -> Manifest:
+                  max_tokens: int | None = None, log: Callable[[str], Any] = print) -> Manifest:
     """The demo cohort (the shipped one; trained here, cached, when ``train`` or another recipe is
     asked for), its manifest written and returned loaded. The seeds' training checkpoints become
     one cohort per step (correlated; no activation statistics, classification or examples, which
-    the over-training page does not show): the over-training page."""
+    the over-training page does not show): the over-training page. ``max_tokens`` caps the held-out
+    dataset (a quick look; the default streams all of it)."""
     from atlas.ingest.corpus import fetch_demo_corpus
     from atlas.ingest.shipped import demo_cohort
     from atlas.ingest.zoo import DEMO, checkpoint_dirs
@@ -48,13 +49,14 @@ def demo_manifest(*, seeds: int | None = None, train_tokens: int | None = None, 
             by_step.setdefault(ckpt.step, []).append(_model_line(
                 f"{name}@step{ckpt.step}", ckpt.path, label, ckpt.step, ckpt.train_tokens, checkpoint_of=name))
     inputs = ", ".join(json.dumps(str(p)) for p in corpus.held_out)
+    cap = "" if max_tokens is None else f"max_tokens = {int(max_tokens)}\n"
     text = f"""# The demo atlas (written by `atlas demo`): the demo seed cohort over held-out Shakespeare,
 # and the seeds at each saved training step (universality over training).
 [datasets.{DEMO_DATASET}]
 tokenizer_from = {json.dumps(trained.names[0])}
 inputs = [{inputs}]
 context_length = {DEMO_CONTEXT}
-{_cohort_table(trained.name, trained.names[0], finals)}"""
+{cap}{_cohort_table(trained.name, trained.names[0], finals)}"""
     for step, lines in sorted(by_step.items()):
         if len(lines) > 1:  # a step cohort needs a reference and a partner
             text += _cohort_table(f"{trained.name}@step{step}", f"{trained.names[0]}@step{step}", lines, final=False)

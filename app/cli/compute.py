@@ -148,7 +148,9 @@ def ingest_cmd(source, name, cohort, seed_label, dataset_name, device, batch_siz
               help="Seeds of the demo cohort [default: the demo recipe's]; other than that, trains.")
 @click.option("--device", default="auto", show_default=True, callback=check_device, help="cpu, cuda or auto.")
 @click.option("--train", is_flag=True, help="Train the demo cohort here instead of using the shipped one (slow).")
-def demo(seeds: int | None, device: str, train: bool) -> None:
+@click.option("--max-tokens", type=click.IntRange(min=128), default=None,
+              help="Use only the first N held-out tokens (a quick look) [default: all ~190k].")
+def demo(seeds: int | None, device: str, train: bool, max_tokens: int | None) -> None:
     """Fill the atlas with the demo cohort (the shipped one, or trained here with --train), then run
     the demo manifest's steps (dataset → ingest every seed and training checkpoint → correlate the
     seeds, also at each checkpoint → examples → classify) with the same planner workers use."""
@@ -161,7 +163,7 @@ def demo(seeds: int | None, device: str, train: bool) -> None:
 
     os.environ["ATLAS_DEVICE"] = device
     engine = dbm.connect(migrate=True)
-    manifest = demo_manifest(seeds=seeds, train=train, log=click.echo)
+    manifest = demo_manifest(seeds=seeds, train=train, max_tokens=max_tokens, log=click.echo)
     ran = run_in_process(engine, manifest, log=click.echo)
     click.echo(f"{ran} step(s) run; the demo manifest is {manifest.path}" if ran else
                f"nothing to do: the atlas has every step of the demo manifest {manifest.path}")
