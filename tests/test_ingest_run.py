@@ -245,7 +245,9 @@ def test_sigkilled_run_resumes_to_identical_results(tiny_db, db_url, atlas_home,
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     # the second process resumed from the checkpoint: it did not stream the whole dataset again
-    resumed_at = int(re.search(r"resuming at ([\d,]+) tokens", resumed.stdout).group(1).replace(",", ""))
+    resuming = re.search(r"resuming at ([\d,]+) tokens", resumed.stdout)
+    assert resuming, f"the rerun started over instead of resuming from the checkpoint:\n{resumed.stdout[-800:]}"
+    resumed_at = int(resuming.group(1).replace(",", ""))
     total = tiny_cohort.rows.numel()
     assert 0 < resumed_at < total
     streamed = re.search(r"([\d,]+) tok/s", resumed.stdout)
