@@ -154,12 +154,6 @@ def load_dataset_rows(engine: Engine, dataset: DatasetInfo | int | str) -> torch
 
 
 
-def model_id_by_name(engine: Engine, name: str) -> int | None:
-    with engine.connect() as conn:
-        found = conn.execute(sa.text("SELECT id FROM model WHERE name = :n"), {"n": name}).scalar()
-    return None if found is None else int(found)
-
-
 def iter_dataset_batches(engine: Engine, dataset: DatasetInfo | int | str, batch_size: int,
                          start_row: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(first_row_idx, LongTensor[batch, ctx])`` over a stored dataset's rows in ``row_idx`` order,
