@@ -29,26 +29,32 @@ def _settle(page) -> None:
     page.wait_for_timeout(2500)  # charts (Vega) draw after the script run ends
 
 
-def _most_universal(cohort: str) -> tuple[str, int, int]:
+def _most_universal(engine, cohort: str) -> tuple[str, int, int]:
     """(model, layer, idx) of the reference neuron of ``cohort`` with the largest excess correlation."""
-    from atlas import db, queries
+    from atlas import queries
 
-    top = queries.universal_neurons(db.connect(), threshold=-1.0, cohort=cohort, limit=1)
+    top = queries.universal_neurons(engine, threshold=-1.0, cohort=cohort, limit=1)
     if top.is_empty():
         raise SystemExit(f"cohort {cohort!r} has no correlated neuron: run `make demo` first, or pass --cohort")
     row = top.row(0, named=True)
     return row["model"], row["layer"], row["idx"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, engine=None) -> int:
+    """``engine``: the atlas the UI serves (default: the one ATLAS_DATABASE_URL / ATLAS_HOME name)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base", help="the UI's address, e.g. http://localhost:8501")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--cohort", default="demo", help="cohort whose most universal neuron is shown")
+    parser.add_argument("--out", type=Path, default=IMG, help="where the PNGs go [default: docs/img]")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
-    model, layer, idx = _most_universal(args.cohort)
+    if engine is None:
+        from atlas import db
+
+        engine = db.connect()
+    model, layer, idx = _most_universal(engine, args.cohort)
     t = f"threshold={args.threshold}"
     shots = {
         "overview": f"/?{t}",
@@ -58,15 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         "training": f"/training?{t}",
     }
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    IMG.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
         for name, path in shots.items():
             page.goto(args.base.rstrip("/") + path)
             _settle(page)
-            page.screenshot(path=str(IMG / f"{name}.png"))
-            print(f"{IMG.name}/{name}.png ← {path}")
+            page.screenshot(path=str(args.out / f"{name}.png"))
+            print(f"{args.out / name}.png ← {path}")
         browser.close()
     return 0
 
