@@ -1,5 +1,5 @@
 # Neuron Atlas — the two commands of the README:
-#   make demo   set up, train + ingest the demo cohort into an embedded PostgreSQL, open the UI
+#   make demo   set up, ingest the shipped demo cohort into an embedded PostgreSQL, open the UI
 #   make test   set up, then run the whole test suite against a real PostgreSQL
 # Both create/reuse .venv and install the pinned dependencies (torch pinned: see README).
 
@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test setup browser bench clean-demo help
 
 help:
-	@echo "make demo   train + ingest the demo cohort, then open the atlas UI"
+	@echo "make demo   ingest the shipped demo cohort, then open the atlas UI"
 	@echo "make test   run the test suite (installs everything it needs)"
 	@echo "make bench  run the CPU benchmarks and record results in bench/results/"
 
