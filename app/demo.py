@@ -29,7 +29,7 @@ def demo_manifest(*, seeds: int | None = None, train_tokens: int | None = None, 
     dataset (a quick look; the default streams all of it)."""
     from atlas.ingest.corpus import fetch_demo_corpus
     from atlas.ingest.shipped import demo_cohort
-    from atlas.ingest.zoo import DEMO, checkpoint_dirs
+    from atlas.ingest.zoo import DEMO, checkpoint_dirs, checkpoint_name
 
     config = DEMO
     if seeds is not None:
@@ -47,7 +47,7 @@ def demo_manifest(*, seeds: int | None = None, train_tokens: int | None = None, 
         finals.append(_model_line(name, path, label, meta["train_steps"], meta["train_tokens"]))
         for ckpt in checkpoint_dirs(path):
             by_step.setdefault(ckpt.step, []).append(_model_line(
-                f"{name}@step{ckpt.step}", ckpt.path, label, ckpt.step, ckpt.train_tokens, checkpoint_of=name))
+                checkpoint_name(name, ckpt.step), ckpt.path, label, ckpt.step, ckpt.train_tokens, checkpoint_of=name))
     inputs = ", ".join(json.dumps(str(p)) for p in corpus.held_out)
     cap = "" if max_tokens is None else f"max_tokens = {int(max_tokens)}\n"
     text = f"""# The demo atlas (written by `atlas demo`): the demo seed cohort over held-out Shakespeare,
@@ -59,7 +59,8 @@ context_length = {DEMO_CONTEXT}
 {cap}{_cohort_table(trained.name, trained.names[0], finals)}"""
     for step, lines in sorted(by_step.items()):
         if len(lines) > 1:  # a step cohort needs a reference and a partner
-            text += _cohort_table(f"{trained.name}@step{step}", f"{trained.names[0]}@step{step}", lines, final=False)
+            text += _cohort_table(checkpoint_name(trained.name, step), checkpoint_name(trained.names[0], step), lines,
+                                  final=False)
     path = get_settings().home / "demo.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != text:

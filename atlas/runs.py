@@ -41,8 +41,8 @@ from atlas.copy import copy_frame
 from atlas.errors import AtlasError
 
 from atlas.views import RESULT_TABLES  # every result table (family_member hangs off family)
+from atlas.views import RUN_LOCK_CLASS as _LOCK_NAMESPACE
 
-_LOCK_NAMESPACE = 7212  # advisory-lock class for runs: pg_try_advisory_lock(7212, run_id)
 HEARTBEAT_EVERY_S = 5.0  # a running run's heartbeat_at is at most this old while its process lives
 FAIL_RETRY_S = 60.0  # how long a failing run keeps trying to record its failure while the database is away
 

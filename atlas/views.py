@@ -342,15 +342,17 @@ GROUP BY coalesce(f.name, m.name), m.name, c.name, m.seed_label, m.step, m.train
         "avg_mean_baseline": "mean of mean_baseline over the layer (the rotation baseline)"})
 
 # In dependency order: each view reads only views defined before it.
+RUN_LOCK_CLASS = 7212  # advisory-lock class of runs: pg_try_advisory_lock(RUN_LOCK_CLASS, run_id) in atlas/runs.py
+
 RUN_STATE = View(
     name="run_state",
     comment="Every run with its live state: the status, or 'stale' for a running run whose process died (no "
             "session holds its advisory lock); the next caller of the same run resumes it from its checkpoint.",
-    sql="""CREATE VIEW run_state AS
+    sql=f"""CREATE VIEW run_state AS
 SELECT r.id, r.kind, r.model_id, r.cohort_id, r.dataset_id, r.status,
        CASE WHEN r.status = 'running' AND NOT EXISTS (
                 SELECT 1 FROM pg_locks l
-                WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 7212 AND l.objsubid = 2
+                WHERE l.locktype = 'advisory' AND l.granted AND l.classid = {RUN_LOCK_CLASS} AND l.objsubid = 2
                   AND l.objid::bigint = r.id
                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
             THEN 'stale' ELSE r.status END AS state,

@@ -31,7 +31,8 @@ from typing import Any, Sequence
 import torch
 
 from atlas.errors import AtlasError
-from atlas.ingest.zoo import (STEPS_DIR, TrainedCohort, ZooConfig, _gpt2_config, checkpoint_dirs, step_dir_name)
+from atlas.ingest.zoo import (STEPS_DIR, TrainedCohort, ZooConfig, _gpt2_config, checkpoint_dirs, checkpoint_name,
+                              step_dir_name)
 
 SHIPPED_DIR = Path(__file__).parent / "demo_cohort"
 RECIPE = "recipe.json"
@@ -114,7 +115,7 @@ def export_shipped(trained: TrainedCohort, corpus: dict[str, Any], directory: Pa
         for ckpt in checkpoint_dirs(path) if checkpoint_seeds is None or n < checkpoint_seeds else []:
             if checkpoint_steps is not None and ckpt.step not in checkpoint_steps:
                 continue
-            ckpt_name = f"{name}@step{ckpt.step}"
+            ckpt_name = checkpoint_name(name, ckpt.step)
             entry["checkpoints"].append({"step": ckpt.step, "train_tokens": ckpt.train_tokens, "name": ckpt_name,
                                          "sha256": _save_fp16(ckpt.path, staging / f"{ckpt_name}.safetensors")})
         models[name] = entry

@@ -112,6 +112,11 @@ DEMO = ZooConfig(seeds=(1, 2, 3), train_tokens=6_000_000, weight_decay=0.1, min_
 DEMO_TEXTS = "shakespeare"  # the demo cohort's training texts (atlas.ingest.corpus.training_files)
 
 
+
+def checkpoint_name(model: str, step: int) -> str:
+    """The atlas name of ``model``'s checkpoint at ``step`` (also the cohort name scheme)."""
+    return f"{model}@step{step}"
+
 @dataclass
 class TrainedCohort:
     """Checkpoint directories of a trained cohort (``paths[i]`` is model ``names[i]``, seed label ``labels[i]``)."""

@@ -36,9 +36,7 @@ def _properties(properties: Sequence[str] | None) -> list[str]:
 
 
 def _models(engine: Engine, model: ModelRef | None, cohort: str | None) -> Where:
-    where = Where()
-    if model is not None:
-        where.add("v.model_id = :model_id", model_id=model_id(engine, model))
+    where = Where().scope(engine, model=model, model_column="v.model_id")
     if cohort is not None:  # ids first: a filter on the window's partition column keeps it per model
         ids = frame(engine, "SELECT m.id FROM model m JOIN cohort c ON c.id = m.cohort_id WHERE c.name = :c",
                     {"c": str(cohort)})

@@ -79,7 +79,8 @@ class ExampleSampler:
             return
         keys, order = torch.sort(keys[candidates])
         rows = candidates.nonzero().squeeze(1)[order]
-        fired = post[rows] > 0  # [m, n], tokens in key order
+        chosen = post[rows]  # [m, n], tokens in key order
+        fired = chosen > 0
         # each neuron's first `reservoir` firing tokens in key order: rank firing tokens by position
         m = rows.numel()
         score = torch.where(fired, -torch.arange(m, device=self.device, dtype=torch.float32)[:, None],
@@ -89,7 +90,7 @@ class ExampleSampler:
         new_keys = torch.where(torch.isfinite(best), keys[pick], torch.tensor(float("inf"), dtype=torch.float64,
                                                                               device=self.device))
         new_index = torch.where(torch.isfinite(best), token_index[rows[pick]], torch.tensor(-1, device=self.device))
-        new_values = torch.gather(post[rows], 0, pick)
+        new_values = torch.gather(chosen, 0, pick)
         all_keys = torch.cat([self.keys, new_keys])
         kept, at = torch.topk(all_keys, self.reservoir, dim=0, largest=False)
         self.keys = kept

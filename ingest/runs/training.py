@@ -31,11 +31,6 @@ from atlas.ingest.runs.stats import StatsOptions, TrainingStep, ingest_model
 from atlas.ingest.store import checkpoint_at, model_id_by_name, step_cohorts
 
 
-def checkpoint_name(model: str, step: int) -> str:
-    """The atlas name of ``model``'s checkpoint at ``step`` (also the cohort name scheme)."""
-    return f"{model}@step{step}"
-
-
 def register_checkpoint(engine: Engine, source: str, checkpoint: TrainingStep, *, name: str | None = None,
                         cohort: str | None = None, seed_label: str | None = None, dataset: str | None = None,
                         stats: bool = False, weights: bool = False,
@@ -62,7 +57,7 @@ def register_zoo_cohort(engine: Engine, paths: Sequence[Path], *, cohort: str, l
     """Register zoo models (``paths``: their checkpoint directories, seed ``labels``) in ``cohort``
     with their final step, and every intermediate checkpoint saved with them in ``<cohort>@step<N>``.
     Idempotent. Returns ``{model name: id}``."""
-    from atlas.ingest.zoo import checkpoint_dirs
+    from atlas.ingest.zoo import checkpoint_dirs, checkpoint_name
 
     ids: dict[str, int] = {}
     for path, label in zip(paths, labels):
@@ -71,13 +66,14 @@ def register_zoo_cohort(engine: Engine, paths: Sequence[Path], *, cohort: str, l
         ids[final], _ = register_checkpoint(
             engine, str(path), TrainingStep(int(meta["train_steps"]), int(meta["train_tokens"])), cohort=cohort,
             seed_label=label, options=options)
-        for ckpt in checkpoint_dirs(Path(path)):
+        checkpoints = checkpoint_dirs(Path(path))
+        for ckpt in checkpoints:
             name = checkpoint_name(final, ckpt.step)
             ids[name], _ = register_checkpoint(
                 engine, str(ckpt.path), TrainingStep(ckpt.step, ckpt.train_tokens, checkpoint_of=final), name=name,
                 cohort=checkpoint_name(cohort, ckpt.step), seed_label=label, options=options)
         if log:
-            log(f"{final}: {len(checkpoint_dirs(Path(path)))} training checkpoint(s) registered")
+            log(f"{final}: {len(checkpoints)} training checkpoint(s) registered")
     return ids
 
 
