@@ -218,3 +218,15 @@ def test_sql_page_examples_load_with_a_click_and_the_first_returns_rows(atlas):
     family = next(b for b in at.button if b.label == "Family members")
     family.click().run()
     assert "FROM family_members" in at.text_area(key="statement").value
+
+
+def test_the_address_knows_every_page_of_the_app():
+    """ui/state.PAGE_PATHS decides which page an address is on (one history entry per change of view);
+    a page missing from it is taken for the overview (the Over training page was)."""
+    import re
+
+    from atlas.ui.state import PAGE_PATHS
+    from tests.browser import ROOT
+
+    pages = set(re.findall(r'url_path="([a-z_]+)"', (ROOT / "ui" / "app.py").read_text()))
+    assert pages == set(PAGE_PATHS) | {"overview"}

@@ -126,7 +126,7 @@ def on_page(url_path: str) -> bool:
     return (last if last in PAGE_PATHS else "overview") == url_path
 
 
-PAGE_PATHS = ("universal", "neuron", "families", "search", "runs", "sql")  # the overview is the root
+PAGE_PATHS = ("universal", "training", "neuron", "families", "search", "runs", "sql")  # the overview is the root
 
 
 class Address:
