@@ -68,13 +68,9 @@ class _Done:
                  and sorted([reference, *r["params"].get("partners", [])]) == models]
         return found[-1] if found else None
 
-    def examples(self, cohort: str, dataset: str, models: list[str]) -> dict[str, Any] | None:
-        found = [r for r in self.runs if r["kind"] == "examples" and r["cohort"] == cohort
-                 and r["dataset"] == dataset and sorted(r["params"].get("models", [])) == models]
-        return found[-1] if found else None
-
-    def classification(self, cohort: str, dataset: str, models: list[str]) -> dict[str, Any] | None:
-        found = [r for r in self.runs if r["kind"] == "classify" and r["cohort"] == cohort
+    def cohort_run(self, kind: str, cohort: str, dataset: str, models: list[str]) -> dict[str, Any] | None:
+        """The newest finished ``kind`` run (examples, classify) of exactly this model set, if any."""
+        found = [r for r in self.runs if r["kind"] == kind and r["cohort"] == cohort
                  and r["dataset"] == dataset and sorted(r["params"].get("models", [])) == models]
         return found[-1] if found else None
 
@@ -133,13 +129,15 @@ def plan(engine: Engine, manifest: Manifest) -> list[Step]:
                     "cohort": cohort.name, "dataset": cohort.dataset, "reference": reference, "models": names,
                 }, key=f"correlate:{cohort.name}:{cohort.dataset}:{_digest(names)}"))
                 continue
-        examples = done.examples(cohort.name, cohort.dataset, names)
-        if cohort.examples and (examples is None or (correlate and examples["finished_at"] < correlation["finished_at"])):
+
+        def outdated(kind: str) -> bool:  # never run on this model set, or run before its newest correlation
+            run = done.cohort_run(kind, cohort.name, cohort.dataset, names)
+            return run is None or (correlate and run["finished_at"] < correlation["finished_at"])
+
+        if cohort.examples and outdated("examples"):
             steps.append(Step("examples_cohort", {"cohort": cohort.name, "dataset": cohort.dataset},
                               key=f"examples:{cohort.name}:{cohort.dataset}:{_digest(names)}"))
-        classification = done.classification(cohort.name, cohort.dataset, names)
-        stale = classification is not None and correlate and classification["finished_at"] < correlation["finished_at"]
-        if cohort.classify and (classification is None or stale):
+        if cohort.classify and outdated("classify"):
             steps.append(Step("classify_cohort", {"cohort": cohort.name, "dataset": cohort.dataset, "models": names},
                               key=f"classify:{cohort.name}:{cohort.dataset}:{_digest(names)}"))
     return steps
