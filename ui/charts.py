@@ -116,12 +116,15 @@ def family_counts_chart(counts: pl.DataFrame) -> alt.Chart:
     totals = counts.group_by("label").agg(pl.col("n").sum().alias("total"))
     order = totals.sort("total", "label", descending=[True, False])["label"].to_list()
     bars = alt.Chart(data).mark_bar().encode(
-        y=alt.Y("label:N", sort=order, title=None), x=alt.X("sum(n):Q", title="labelled neurons"),
+        y=alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelOverlap=False, labelLimit=200)),
+        x=alt.X("sum(n):Q", title="labelled neurons"),
         color=alt.Color("layer:O", title="layer", scale=alt.Scale(scheme="viridis")),
         tooltip=["label", "layer", "n", "n_neurons"])
     text = alt.Chart(totals.to_pandas()).mark_text(align="left", dx=3).encode(
         y=alt.Y("label:N", sort=order), x="total:Q", text="total:Q")
-    return (bars + text).properties(height=max(22 * len(order), 120))
+    # one fixed-height row per label: with a fixed chart height Vega squeezed the rows and hid every
+    # other label name (its default label-overlap rule), leaving bars without a name
+    return (bars + text).properties(height=alt.Step(22))
 
 
 def family_layer_chart(counts: pl.DataFrame) -> alt.Chart:
