@@ -287,7 +287,8 @@ def frontier_table(records: list[dict[str, Any]]) -> str:
                 f"| {step['held_out_loss']:.3f} | {step['baseline_median']:.3f} | {step['excess_quantiles']['0.99']:.3f} "
                 f"| {step['excess_max']:.3f} | {step['share_gt_0.5']:.2%} | {step['share_gt_0.5_orthogonal']:.2%} "
                 f"| {step['share_gt_0.3']:.2%} | {' / '.join(f'{x:.1%}' for x in step['share_gt_0.5_per_layer'])} |")
-    return "\n".join(lines) + "\n"
+    notes = [f"- {rec['label']}: {rec['note']}" for rec in records if rec.get("note")]
+    return "\n".join(lines) + "\n" + ("\nNotes:\n\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ SIZE_LIMIT = 10_000_000  # bytes: all shipped files together stay under 10 MB
 # The over-training checkpoints that are shipped: those of the first seeds, at these training
 # fractions (a subset of DEMO.checkpoints): a reference and a partner per step fit the size limit.
 SHIP_CHECKPOINT_SEEDS = 2
-SHIP_CHECKPOINT_FRACTIONS = (0.1667, 0.5)
+SHIP_CHECKPOINT_FRACTIONS = (0.0833, 0.3333)  # steps 488 and 1953 of DEMO: 0.5M and 2M tokens
 
 
 def ship_steps(config: ZooConfig, fractions: Sequence[float] = SHIP_CHECKPOINT_FRACTIONS) -> list[int]:

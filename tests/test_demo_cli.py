@@ -10,6 +10,9 @@ import sys
 import pytest
 import sqlalchemy as sa
 
+from atlas.ingest.shipped import ship_steps
+from atlas.ingest.zoo import DEMO, checkpoint_name
+
 
 def _atlas(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "atlas.app.cli", *args], env=env, capture_output=True, text=True,
@@ -38,9 +41,11 @@ def test_atlas_demo_fills_the_atlas_from_the_shipped_cohort_and_a_rerun_has_noth
     stats = sorted(model for kind, model, _, _ in runs if kind == "stats")
     assert stats == ["demo-a", "demo-b", "demo-c"]  # checkpoints get weight statistics only
     weights = {model for kind, model, _, _ in runs if kind == "weights"}
-    assert {"demo-a@step977", "demo-b@step977", "demo-a@step2930", "demo-b@step2930"} <= weights
+    shipped_steps = ship_steps(DEMO)  # the over-training checkpoints of seeds a and b in the repository
+    assert len(shipped_steps) >= 2
+    assert {checkpoint_name(f"demo-{seed}", step) for seed in "ab" for step in shipped_steps} <= weights
     correlated = sorted(cohort for kind, _, cohort, _ in runs if kind == "correlation")
-    assert correlated == ["demo", "demo@step2930", "demo@step977"]
+    assert correlated == sorted(["demo"] + [checkpoint_name("demo", step) for step in shipped_steps])
     assert [kind for kind, *_ in runs].count("classify") == 1 and [kind for kind, *_ in runs].count("examples") == 1
     assert kept == 8192
     assert "Universal neurons per layer" in first.stdout

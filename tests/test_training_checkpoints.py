@@ -277,7 +277,7 @@ def test_cli_ingests_checkpoints_and_correlates_over_training(db_url, atlas_home
 
 def test_a_stopped_recipe_is_the_full_recipe_at_that_step(tiny_cohort, tmp_path):
     """``stop_step`` keeps the schedule of ``train_tokens`` and stops early: the model is bit for bit
-    the full training's checkpoint at that step (how the shipped demo cohort was cut at 4.5M tokens)."""
+    the full training's checkpoint at that step (how the shipped demo cohort was cut at 3M tokens)."""
     step = TINY.checkpoint_steps()[-1]
     stopped = replace(TINY, seeds=(1,), stop_step=step)
     assert stopped.steps_trained() == step and stopped.checkpoint_steps() == TINY.checkpoint_steps()[:-1]
