@@ -14,6 +14,7 @@ Example ``atlas.toml`` (paths and globs are relative to the manifest's directory
     reference = "demo-a"                      # default: the first model
     correlate = true                          # cross-seed correlations once every model is in
     classify = true                           # families and roles once correlated
+    rotation = "orthogonal"                   # the baseline: Haar rotations, or "gaussian_unit_rows" (the paper's)
     models = [
       { name = "demo-a", source = "models/demo/demo-a", seed = "a" },
       { name = "demo-b", source = "models/demo/demo-b", seed = "b" },
@@ -51,7 +52,7 @@ import glob as globbing
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -112,6 +113,7 @@ class CohortEntry(_Entry):
     classify: bool = True
     examples: bool = True
     stats: bool = True  # activation statistics of its models (false: weight statistics only)
+    rotation: Literal["orthogonal", "gaussian_unit_rows"] = "orthogonal"  # the baseline's random rotations
 
 
 class _ManifestFile(_Entry):
@@ -154,6 +156,7 @@ class Cohort:
     base: Path
     examples: bool = True
     stats: bool = True
+    rotation: str = "orthogonal"  # "gaussian_unit_rows": the paper's baseline
 
     def models(self) -> list[Model]:
         """The cohort's models now: fixed entries, and one per checkpoint directory a glob matches today."""
@@ -205,7 +208,7 @@ def load_manifest(path: str | Path) -> Manifest:
         path=path,
         datasets={name: _dataset(path, name, entry) for name, entry in parsed.datasets.items()},
         cohorts={name: Cohort(name, e.dataset, tuple(e.models), e.reference, e.correlate, e.classify, base, e.examples,
-                              e.stats)
+                              e.stats, e.rotation)
                  for name, e in parsed.cohorts.items()},
     )
     _check_references(manifest, parsed)

@@ -61,10 +61,12 @@ class _Done:
     def ingested(self, model: str, dataset: str, stats: bool = True) -> bool:
         return (not stats or self._has("stats", model=model, dataset=dataset)) and self._has("weights", model=model)
 
-    def correlation(self, cohort: str, dataset: str, reference: str, models: list[str]) -> dict[str, Any] | None:
-        """The newest finished correlation of exactly this model set with this reference, if any."""
+    def correlation(self, cohort: str, dataset: str, reference: str, models: list[str],
+                    rotation: str = "orthogonal") -> dict[str, Any] | None:
+        """The newest finished correlation of exactly this model set with this reference and baseline, if any."""
         found = [r for r in self.runs if r["kind"] == "correlation" and r["cohort"] == cohort
                  and r["dataset"] == dataset and r["params"].get("reference") == reference
+                 and r["params"].get("rotation", "orthogonal") == rotation
                  and sorted([reference, *r["params"].get("partners", [])]) == models]
         return found[-1] if found else None
 
@@ -123,11 +125,13 @@ def plan(engine: Engine, manifest: Manifest) -> list[Step]:
         correlate = cohort.correlate and len(models) > 1
         if correlate:
             reference = cohort.reference or models[0].name
-            correlation = done.correlation(cohort.name, cohort.dataset, reference, names)
+            correlation = done.correlation(cohort.name, cohort.dataset, reference, names, cohort.rotation)
             if correlation is None:
                 steps.append(Step("correlate_cohort", {
                     "cohort": cohort.name, "dataset": cohort.dataset, "reference": reference, "models": names,
-                }, key=f"correlate:{cohort.name}:{cohort.dataset}:{_digest(names)}"))
+                    "rotation": cohort.rotation,
+                }, key=f"correlate:{cohort.name}:{cohort.dataset}:{_digest(names)}"
+                    + ("" if cohort.rotation == "orthogonal" else f":{cohort.rotation}")))
                 continue
 
         def outdated(kind: str) -> bool:  # never run on this model set, or run before its newest correlation

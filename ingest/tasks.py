@@ -84,13 +84,15 @@ def ingest_model(*, source: str, name: str, cohort: str, seed_label: str | None,
 
 
 @blueprint.task(name="correlate_cohort", queue=QUEUE, retry=RETRY)
-def correlate_cohort(*, cohort: str, dataset: str, reference: str | None, models: list[str]) -> None:
-    """Correlate ``models`` of ``cohort`` (reference first) over ``dataset``: a new run when the set changed."""
+def correlate_cohort(*, cohort: str, dataset: str, reference: str | None, models: list[str],
+                     rotation: str = "orthogonal") -> None:
+    """Correlate ``models`` of ``cohort`` (reference first) over ``dataset`` with the ``rotation``
+    baseline: a new run when the set or the baseline changed."""
     from atlas.ingest.runs.correlate import CorrelateOptions, run_correlation
 
     every = _checkpoint_every()
     run_correlation(_engine(), cohort, dataset, CorrelateOptions(
-        reference=reference, models=tuple(models), device=_device(), progress=False,
+        reference=reference, models=tuple(models), rotation=rotation, device=_device(), progress=False,
         **({"checkpoint_tokens": every} if every else {})))
 
 

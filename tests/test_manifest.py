@@ -207,3 +207,25 @@ def test_a_classification_older_than_its_correlation_is_planned_again(engine, la
     _finished(engine, "examples", "e1", '{"models": ["a", "b"]}', ds)
     _finished(engine, "correlation", "c1", '{"reference": "b", "partners": ["a"]}', ds)  # recomputed later
     assert [s.task for s in plan(engine, manifest)] == ["examples_cohort", "classify_cohort"]
+
+
+def test_a_cohort_can_ask_for_the_papers_baseline_and_changing_it_correlates_again(engine, layout):
+    """``rotation = "gaussian_unit_rows"`` (the paper's baseline) reaches the correlation task; a
+    correlation with another baseline does not count as done; an unknown kind is one line."""
+    tok, ds = _tokenizer_and_dataset(engine)
+    for name in ("a", "b"):
+        _ingested(engine, name, tok, ds)
+    _finished(engine, "correlation", "c1", '{"reference": "b", "partners": ["a"], "rotation": "orthogonal"}', ds)
+    assert [s.task for s in plan(engine, load_manifest(_write(layout, MANIFEST)))] == ["examples_cohort",
+                                                                                      "classify_cohort"]
+
+    paper = load_manifest(_write(layout, MANIFEST.replace('reference = "b"', 'reference = "b"\nrotation = "gaussian_unit_rows"')))
+    (step,) = plan(engine, paper)
+    assert step.task == "correlate_cohort" and step.kwargs["rotation"] == "gaussian_unit_rows"
+    _finished(engine, "correlation", "c2", '{"reference": "b", "partners": ["a"], "rotation": "gaussian_unit_rows"}', ds)
+    assert [s.task for s in plan(engine, paper)] == ["examples_cohort", "classify_cohort"]
+
+    with pytest.raises(AtlasError) as err:
+        load_manifest(_write(layout, MANIFEST.replace('reference = "b"', 'reference = "b"\nrotation = "haar"')))
+    assert "[cohorts.pair]" in str(err.value) and "rotation" in str(err.value) and "\n" not in str(err.value)
+

@@ -278,3 +278,11 @@ def test_the_planner_runs_a_manifest_in_process_like_the_demo(db_url, engine, tm
                                                                                      ("examples", "done"),
                                                                                      ("classify", "done")])
     assert plan(engine, manifest) == [] and run_in_process(engine, manifest) == 0
+
+    # the cohort asks for the paper's baseline instead: correlated again with it, then examples and labels anew
+    path.write_text(path.read_text().replace("classify = true", 'classify = true\nrotation = "gaussian_unit_rows"'))
+    said.clear()
+    assert run_in_process(engine, load_manifest(path), log=said.append) == 3
+    with engine.connect() as conn:
+        rotations = conn.execute(sa.text("SELECT params->>'rotation' FROM run WHERE kind = 'correlation' ORDER BY id")).scalars().all()
+    assert rotations == ["orthogonal", "gaussian_unit_rows"]

@@ -53,7 +53,7 @@ from atlas.ingest.syntax import syntax_status, tag_dataset
 from atlas.ingest.models import load_model, resolve_device
 from atlas.ingest.runs.common import PROGRESS_EVERY_S, RunOptions, RunOutcome
 from atlas.ingest.store import (
-    DatasetInfo, ModelRecord, cohort_models, iter_dataset_batches, models_by_name, partner_edges, resolve_dataset,
+    DatasetInfo, ModelRecord, cohort_models, correlations_read, iter_dataset_batches, models_by_name, partner_edges, resolve_dataset,
     special_token_ids, universal_neurons, vocabulary,
 )
 from atlas.ingest.store.writes import classify_writer
@@ -124,7 +124,9 @@ def run_classify(engine: Engine, subject: ClassifySubject, dataset: DatasetInfo 
             raise AtlasError(f"model {r.name} and dataset {info.name} use different tokenizers — build a dataset with "
                              f"{r.name}'s tokenizer (atlas dataset build --model ...)")
     n_rows = info.n_rows if config.max_rows is None else min(info.n_rows, config.max_rows)
-    params = {**config.params(), "models": [r.name for r in rows]}
+    # the correlations it reads are part of what it is: labels of a re-correlated cohort are a new run
+    params = {**config.params(), "models": [r.name for r in rows],
+              "correlation_runs": correlations_read(engine, info.id, [r.id for r in rows])}
     run = begin_run(engine, "classify", params=params, cohort_id=cohort_id,
                     model_id=rows[0].id if cohort_id is None and len(rows) == 1 else None,
                     dataset_id=info.id, device=device, tokens_total=n_rows * info.context_length * len(rows),

@@ -203,6 +203,17 @@ _NEWEST_CORRELATIONS = """
 """
 
 
+def correlations_read(engine: Engine, dataset_id: int, model_ids: list[int]) -> list[int]:
+    """Ids of the newest finished correlation runs on the dataset that involve ``model_ids`` (as the
+    reference or as a partner): the runs ``universal_neurons`` and ``partner_edges`` read for them."""
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(f"""
+            SELECT r.id FROM run r WHERE r.id IN ({_NEWEST_CORRELATIONS})
+              AND (r.model_id = ANY(:m) OR EXISTS (
+                   SELECT 1 FROM pair_correlation p WHERE p.run_id = r.id AND p.model_id = ANY(:m)))
+            ORDER BY r.id"""), {"d": dataset_id, "m": list(model_ids)}).scalars())
+
+
 def partner_edges(engine: Engine, cohort_id: int, dataset_id: int, model_ids: list[int]) -> pl.DataFrame:
     """Partner edges among ``model_ids`` from the newest finished correlation run of each reference
     model of the cohort on this dataset: columns model_id, layer, idx, partner_model_id,
