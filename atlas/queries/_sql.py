@@ -23,6 +23,12 @@ ModelRef = str | int
 EMPTY_HINT = "the atlas is empty — run `make demo`, or `atlas zoo train` then `atlas ingest` (see README)"
 
 
+def labels_of(alias: str) -> str:
+    """SQL for the labels of the neuron in row ``alias`` (model_id, layer, idx), best first."""
+    return (f"(SELECT array_agg(l.label ORDER BY l.score DESC, l.label) FROM current_neuron_label l "
+            f"WHERE l.model_id = {alias}.model_id AND l.layer = {alias}.layer AND l.idx = {alias}.idx)")
+
+
 def connect(engine: Engine | Connection) -> contextlib.AbstractContextManager[Connection]:
     """A connection for reads: ``engine``'s, in autocommit mode, or the given connection as is.
 

@@ -8,7 +8,7 @@ import polars as pl
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
-from atlas.queries._sql import ModelRef, Where, frame
+from atlas.queries._sql import ModelRef, Where, frame, labels_of
 
 TokenMatch = Literal["exact", "word", "contains"]
 
@@ -70,8 +70,7 @@ def neurons_for_token(engine: Engine, text: str, *, match: TokenMatch = "word", 
                h.mean_act::float8 AS mean_act, h.max_act::float8 AS max_act, h.count,
                (SELECT u.excess::float8 FROM current_neuron_universality u
                  WHERE u.model_id = h.model_id AND u.layer = h.layer AND u.idx = h.idx LIMIT 1) AS excess,
-               (SELECT array_agg(l.label ORDER BY l.score DESC, l.label) FROM current_neuron_label l
-                 WHERE l.model_id = h.model_id AND l.layer = h.layer AND l.idx = h.idx) AS labels
+               {labels_of("h")} AS labels
         FROM hits h JOIN model m ON m.id = h.model_id LEFT JOIN cohort c ON c.id = m.cohort_id
         ORDER BY h.mean_act DESC, m.name, h.layer, h.idx
     """, token.params | where.params | {"limit": int(limit)})

@@ -15,7 +15,7 @@ import polars as pl
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
-from atlas.queries._sql import ModelRef, Where, check_run, frame, rows_of
+from atlas.queries._sql import ModelRef, Where, check_run, frame, labels_of, rows_of
 
 UNIVERSAL_ORDER = ("excess", "mean_corr", "min_corr", "max_corr", "mean_baseline", "layer", "kurtosis", "skew",
                    "act_frequency", "w_out_norm", "input_bias")
@@ -81,8 +81,7 @@ def universal_neurons(
                u.excess::float8 AS excess, u.mean_corr::float8 AS mean_corr, u.min_corr::float8 AS min_corr,
                u.max_corr::float8 AS max_corr, u.mean_baseline::float8 AS mean_baseline, u.n_partners::int AS n_partners,
                a.act_frequency, a.skew, a.kurtosis, w.w_out_norm, w.input_bias,
-               (SELECT array_agg(l.label ORDER BY l.score DESC, l.label) FROM current_neuron_label l
-                 WHERE l.model_id = u.model_id AND l.layer = u.layer AND l.idx = u.idx) AS labels,
+               {labels_of("u")} AS labels,
                u.run_id
         FROM top u
         JOIN model m ON m.id = u.model_id
