@@ -346,3 +346,16 @@ examples = false
     with pytest.raises(AtlasError, match=r"give its step = <n> too"):
         path.write_text(path.read_text().replace(f"step = {TINY.n_steps()}", "train_tokens = 5"))
         load_manifest(path)
+
+
+def test_ingest_at_a_revision_without_a_step_loads_that_revision(engine, tiny_cohort, tmp_path, monkeypatch):
+    """`atlas ingest --model REPO --revision R` (no --step): the model is R's network, named after R."""
+    from atlas.ingest.runs.stats import StatsOptions, ingest_model
+
+    _hub_cache(tmp_path, monkeypatch, tiny_cohort.tokenizer, {"atlas-test/pythia-tiny": {"step1000": 1, "step2000": 2}})
+    monkeypatch.setenv("ATLAS_HOME", str(tmp_path))
+    ingest_model(engine, "atlas-test/pythia-tiny", dataset=None, stats=False, revision="step1000",
+                 options=StatsOptions(device="cpu", progress=False))
+    with engine.connect() as conn:
+        got = conn.execute(sa.text("SELECT name, revision, step FROM model")).one()
+    assert tuple(got) == ("atlas-test/pythia-tiny@step1000", f"{1:040x}", None)

@@ -131,15 +131,10 @@ def ingest_cmd(source, name, cohort, seed_label, dataset_name, device, batch_siz
         raise AtlasError("--checkpoint-of/--train-tokens mark a training checkpoint: give its --step too")
     checkpoint = None if step is None else TrainingStep(step, train_tokens, checkpoint_of, revision)
     engine = dbm.connect(migrate=True)
-    loaded = None
-    if revision is not None and checkpoint is None:
-        from atlas.ingest.models import load_model
-
-        loaded = load_model(source, device, name=name, revision=revision)
     options = StatsOptions(top_k=top_k, top_tokens=top_tokens, batch_size=batch_size, checkpoint_every=checkpoint_every,
                            batch_delay=batch_delay, device=device, force=force, resume=resume, log=click.echo)
     for outcome in ingest_model(engine, source, dataset=dataset_name, name=name, cohort=cohort, seed_label=seed_label,
-                                options=options, weights=weights, stats=stats, loaded=loaded, checkpoint=checkpoint):
+                                options=options, weights=weights, stats=stats, checkpoint=checkpoint, revision=revision):
         click.echo(outcome.describe())
 
 

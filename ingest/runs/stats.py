@@ -210,17 +210,17 @@ def _stream(run, checkpoint: Checkpoint, loaded: LoadedModel, info: DatasetInfo,
 def ingest_model(engine: Engine, source: str, *, dataset: str | int | DatasetInfo | None, name: str | None = None,
                  cohort: str | None = None, seed_label: str | None = None, options: StatsOptions | None = None,
                  weights: bool = True, stats: bool = True, loaded: LoadedModel | None = None,
-                 checkpoint: TrainingStep | None = None) -> list[RunOutcome]:
-    """Load ``source``, register it (in ``cohort``, with ``seed_label``; a training ``checkpoint``
-    with its step), and run its ``weights`` and ``stats`` runs. Every check on the inputs happens
-    before anything is written to the database."""
+                 checkpoint: TrainingStep | None = None, revision: str | None = None) -> list[RunOutcome]:
+    """Load ``source`` (at hub ``revision``; a ``checkpoint``'s own revision wins), register it (in
+    ``cohort``, with ``seed_label``; a training ``checkpoint`` with its step), and run its ``weights``
+    and ``stats`` runs. Every check on the inputs happens before anything is written to the database."""
     options = options or StatsOptions()
     if stats and dataset is None:
         raise AtlasError("--dataset is required for the statistics pass (or pass --no-stats)")
     info = resolve_dataset(engine, dataset) if stats else None
     parent = checkpoint.parent_id(engine) if checkpoint else None
     loaded = loaded or load_model(source, device=options.device, name=name,
-                                  revision=checkpoint.revision if checkpoint else None)
+                                  revision=checkpoint.revision if checkpoint else revision)
     if checkpoint and checkpoint.checkpoint_of == loaded.name:
         raise AtlasError(f"checkpoint {loaded.name} would be a checkpoint of itself — give it its own --name "
                          f"(e.g. {loaded.name}@step{checkpoint.step})")
