@@ -125,21 +125,20 @@ def register_model(engine: Engine, loaded: Any, cohort: str | None = None, seed_
             return int(row.id)
         model_id = conn.execute(sa.text(
             "INSERT INTO model (name, source, revision, architecture, cohort_id, seed_label, n_layers, d_model, d_mlp,"
-            " n_heads, d_head, n_ctx, d_vocab, act_fn, tokenizer_id, weight_processing) VALUES (:name, :source,"
-            " :revision, :architecture, :cohort_id, :seed_label, :n_layers, :d_model, :d_mlp, :n_heads, :d_head,"
-            " :n_ctx, :d_vocab, :act_fn, :tokenizer_id, CAST(:wp AS jsonb)) RETURNING id"),
+            " n_heads, d_head, n_ctx, d_vocab, act_fn, tokenizer_id, weight_processing, step, train_tokens, checkpoint_of)"
+            " VALUES (:name, :source, :revision, :architecture, :cohort_id, :seed_label, :n_layers, :d_model, :d_mlp,"
+            " :n_heads, :d_head, :n_ctx, :d_vocab, :act_fn, :tokenizer_id, CAST(:wp AS jsonb), :step, :train_tokens,"
+            " :checkpoint_of) RETURNING id"),
             {"name": loaded.name, "source": loaded.source, "revision": loaded.revision,
              "architecture": loaded.architecture, "cohort_id": cohort_id, "seed_label": seed_label,
              "n_layers": loaded.n_layers, "d_model": loaded.d_model, "d_mlp": loaded.d_mlp,
              "n_heads": loaded.n_heads, "d_head": loaded.d_head, "n_ctx": loaded.n_ctx, "d_vocab": loaded.d_vocab,
-             "act_fn": loaded.act_fn, "tokenizer_id": tok_id, "wp": _json(loaded.weight_processing)}).scalar_one()
+             "act_fn": loaded.act_fn, "tokenizer_id": tok_id, "wp": _json(loaded.weight_processing),
+             "step": step, "train_tokens": train_tokens, "checkpoint_of": checkpoint_of}).scalar_one()
         layers = np.repeat(np.arange(loaded.n_layers, dtype=np.int16), loaded.d_mlp)
         idx = np.tile(np.arange(loaded.d_mlp, dtype=np.int32), loaded.n_layers)
         neurons = pl.DataFrame({"model_id": np.full(len(idx), model_id, dtype=np.int64), "layer": layers, "idx": idx})
         copy_frame(conn.connection.driver_connection, "neuron", neurons)
-        if checkpoint:
-            sets = ", ".join(f"{k} = :{k}" for k in checkpoint)
-            conn.execute(sa.text(f"UPDATE model SET {sets} WHERE id = :id"), {**checkpoint, "id": model_id})
         return int(model_id)
 
 
