@@ -78,23 +78,30 @@ def run_examples(engine: Engine, subject: str, dataset: str | int, options: Exam
     t0 = time.perf_counter()
     with run:
         by_id = {m.id: m for m in models}
-        jobs = [(m, stored_examples(engine, stats_runs[m.id])) for m in models if stats_runs[m.id]]
-        total = sum(ex["row_idx"].n_unique() for _, ex in jobs)
-        partner_jobs = []
-        if correlation is not None and stats_runs.get(correlation.reference_id) and options.partner_examples:
-            top = stored_examples(engine, stats_runs[correlation.reference_id], max_top_rank=options.partner_examples)
+        own = {m.id: stored_examples(engine, stats_runs[m.id]) for m in models if stats_runs[m.id]}
+        total = sum(ex["row_idx"].n_unique() for ex in own.values())
+        as_partner: dict[int, pl.DataFrame] = {}  # partner id → the reference's top examples × its best neurons
+        if correlation is not None and correlation.reference_id in own and options.partner_examples:
+            top = own[correlation.reference_id].filter(
+                (pl.col("kind") == "top") & (pl.col("rank") <= options.partner_examples))
             for pid in correlation.partner_ids:
                 if pid in by_id:
                     best = best_partner_neurons(engine, correlation, pid)
-                    partner_jobs.append((by_id[pid], top.join(best, on=["layer", "idx"], how="inner")))
-                    total += partner_jobs[-1][1]["row_idx"].n_unique()
+                    as_partner[pid] = top.join(best, on=["layer", "idx"], how="inner")
+                    total += as_partner[pid]["row_idx"].n_unique()
         frames = []
         with Progress(run, total * info.context_length, 0, f"examples {subject}", options.progress) as progress:
-            for model, examples in jobs:
-                frames.append(_windows(engine, info, model, examples, model.id, options, progress))
-            for partner, examples in partner_jobs:
-                frames.append(_windows(engine, info, partner, examples, correlation.reference_id, options, progress,
-                                       source=("best_layer", "best_idx")))
+            for model in models:  # each model loaded once: for its own examples and as a partner
+                mine, theirs = own.get(model.id), as_partner.get(model.id)
+                if (mine is None or mine.height == 0) and (theirs is None or theirs.height == 0):
+                    continue
+                loaded = _load(model, options.device)
+                if mine is not None:
+                    frames.append(_windows(engine, info, model, loaded, mine, model.id, options, progress))
+                if theirs is not None:
+                    frames.append(_windows(engine, info, model, loaded, theirs, correlation.reference_id, options,
+                                           progress, source=("best_layer", "best_idx")))
+                del loaded
             progress.close()
         frame = pl.concat([f for f in frames if f.height], how="vertical") if any(f.height for f in frames) else \
             pl.DataFrame(schema=_FRAME_SCHEMA)
@@ -118,16 +125,20 @@ def _subject(engine: Engine, subject: str) -> tuple[list[ModelRecord], int | Non
     return found, found[0].cohort_id
 
 
-def _windows(engine: Engine, info, model: ModelRecord, examples: pl.DataFrame, owner_id: int,
-             options: ExamplesOptions, progress: Progress, source: tuple[str, str] = ("layer", "idx")) -> pl.DataFrame:
-    """Run ``model`` over the rows holding ``examples`` and cut each example's window of the source
-    neuron's activations; rows of ``example_activation`` for the examples of ``owner_id``'s neurons."""
-    if examples.height == 0:
-        return pl.DataFrame(schema=_FRAME_SCHEMA)
-    loaded = load_model(model.source, options.device, name=model.name)
+def _load(model: ModelRecord, device: str):
+    loaded = load_model(model.source, device, name=model.name)
     if loaded.n_layers != model.n_layers or loaded.d_mlp != model.d_mlp:
         raise AtlasError(f"the checkpoint at {model.source} no longer matches model {model.name} in the atlas "
                          "(layers/d_mlp differ) — re-register it")
+    return loaded
+
+
+def _windows(engine: Engine, info, model: ModelRecord, loaded, examples: pl.DataFrame, owner_id: int,
+             options: ExamplesOptions, progress: Progress, source: tuple[str, str] = ("layer", "idx")) -> pl.DataFrame:
+    """Run ``loaded`` (``model``) over the rows holding ``examples`` and cut each example's window of
+    the source neuron's activations; rows of ``example_activation`` for the examples of ``owner_id``'s neurons."""
+    if examples.height == 0:
+        return pl.DataFrame(schema=_FRAME_SCHEMA)
     rows = examples["row_idx"].unique().sort().to_list()
     out = []
     for first in range(0, len(rows), options.batch_size):
