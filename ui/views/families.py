@@ -69,7 +69,7 @@ if families.height == 0:
 left, right = st.columns([3, 2])
 with left:
     st.subheader("Family members by layer")
-    layer_counts = queries.family_layer_counts(eng)
+    layer_counts = common.summary(eng, "family_layer_counts")
     common.figure(charts.family_layer_chart(layer_counts), layer_counts, name="family_members_by_layer",
                   key="members", query="family_layer_counts(engine)")
 with right:

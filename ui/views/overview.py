@@ -20,7 +20,7 @@ threshold = state.threshold()  # the sidebar's, shared by every page and every c
 checkpoints = queries.checkpoint_models(eng)
 final = ~pl.col("model").is_in(checkpoints)
 models = queries.models(eng).filter(final)
-cohorts = queries.cohorts(eng, threshold=threshold)
+cohorts = common.summary(eng, "cohorts", threshold=threshold)
 if checkpoints:
     cohorts = cohorts.filter([not (ms and set(ms) <= set(checkpoints)) for ms in cohorts["models"].to_list()])
 runs = queries.runs(eng, limit=500)

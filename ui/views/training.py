@@ -16,7 +16,7 @@ eng = common.engine()
 common.require_data(eng)
 
 threshold = state.threshold()  # the sidebar's, shared by every page
-curve = queries.universality_over_training(eng, threshold=threshold)
+curve = common.summary(eng, "universality_over_training", threshold=threshold)
 if curve.is_empty():
     common.nothing_yet("No training checkpoints correlated yet: `make demo` does it for the demo cohort; for your "
                        "own models register checkpoints with `atlas ingest --step N --checkpoint-of MODEL` and run "

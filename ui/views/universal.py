@@ -49,7 +49,7 @@ table = queries.universal_neurons(
     order_by=order_by, limit=limit)
 
 if table.height == 0:
-    why = queries.universality_summary(eng, threshold=threshold, cohort=None if cohort == "all" else cohort)
+    why = common.summary(eng, "universality_summary", threshold=threshold, cohort=None if cohort == "all" else cohort)
     if why.height == 0:
         common.nothing_yet("No correlation run yet, so no neuron can be universal.")
     elif int(why["n_universal"].sum()) > 0:
