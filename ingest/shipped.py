@@ -207,11 +207,12 @@ def _write_model(weights: Path, out: Path, config: ZooConfig, tokenizer, meta: d
     (out / "zoo.json").write_text(json.dumps(meta, indent=2))
 
 
-def shipped_matches(config: ZooConfig, directory: Path = SHIPPED_DIR) -> bool:
-    """True when a cohort is shipped and was trained with exactly ``config`` (seeds included)."""
+def shipped_matches(config: ZooConfig, directory: Path = SHIPPED_DIR, *, any_seeds: bool = False) -> bool:
+    """True when a cohort is shipped and was trained with exactly ``config`` (seeds included, unless
+    ``any_seeds``: the same recipe for some of its seeds, e.g. a retrain of seed 1 only)."""
     recipe = shipped_recipe(directory)
     return recipe is not None and recipe["config_fingerprint"] == config.fingerprint() and \
-        tuple(recipe["config"]["seeds"]) == tuple(config.seeds)
+        (any_seeds or tuple(recipe["config"]["seeds"]) == tuple(config.seeds))
 
 
 def compare_with_shipped(trained: TrainedCohort, directory: Path = SHIPPED_DIR) -> dict[str, bool]:
