@@ -113,10 +113,10 @@ DEMO = ZooConfig(seeds=(1, 2, 3), train_tokens=6_000_000, lr=4e-3, weight_decay=
 DEMO_TEXTS = "shakespeare"  # the demo cohort's training texts (atlas.ingest.corpus.training_files)
 
 
-
 def checkpoint_name(model: str, step: int) -> str:
     """The atlas name of ``model``'s checkpoint at ``step`` (also the cohort name scheme)."""
     return f"{model}@step{step}"
+
 
 @dataclass
 class TrainedCohort:

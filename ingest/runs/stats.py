@@ -35,6 +35,7 @@ from atlas.ingest.math.moments import HIST_EDGES, HIST_RANGE, NeuronStatsAccumul
 from atlas.ingest.math.weights import model_weight_stats
 from atlas.ingest.models import LoadedModel, load_model
 from atlas.ingest.runs.common import Progress, RunOptions, RunOutcome
+from atlas.ingest.zoo import checkpoint_name
 from atlas.ingest.store import DatasetInfo, iter_dataset_batches, model_id_by_name, register_model, resolve_dataset
 from atlas.runs import begin_run
 
@@ -223,7 +224,7 @@ def ingest_model(engine: Engine, source: str, *, dataset: str | int | DatasetInf
                                   revision=checkpoint.revision if checkpoint else revision)
     if checkpoint and checkpoint.checkpoint_of == loaded.name:
         raise AtlasError(f"checkpoint {loaded.name} would be a checkpoint of itself — give it its own --name "
-                         f"(e.g. {loaded.name}@step{checkpoint.step})")
+                         f"(e.g. {checkpoint_name(loaded.name, checkpoint.step)})")
     if info is not None:
         check_compatible(loaded, info)
     register_model(engine, loaded, cohort=cohort, seed_label=seed_label, checkpoint_of=parent,
